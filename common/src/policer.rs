@@ -1,0 +1,264 @@
+//! The policer: a GCRA (generic cell rate algorithm) token bucket.
+//!
+//! The bucket is one number per direction, the theoretical arrival time
+//! (`tat`): the moment, in nanoseconds of the kernel's monotonic clock, at
+//! which everything admitted so far would have finished at exactly the
+//! limit. A packet passes when the flow is no further ahead of the limit
+//! than the burst allows. One number instead of (tokens, timestamp) matters
+//! in the kernel: the common case is a single atomic add, so CPUs policing
+//! the same direction at once never lose each other's updates, with no lock.
+//!
+//! Properties the tests pin down:
+//! - a packet larger than the whole bucket still passes once the flow is not
+//!   ahead of the limit, and the debt it leaves is paid off by waiting: a
+//!   64 KiB GSO packet is never starved at a low rate;
+//! - after a long idle gap the bucket holds one burst, never more;
+//! - a clock that steps backwards only delays admission, it never grants credit;
+//! - every product and sum saturates instead of wrapping, up to `MAX_RATE`.
+
+use crate::Limit;
+
+pub const NSEC_PER_SEC: u64 = 1_000_000_000;
+
+/// Highest accepted rate: 16 GiB/s (about 137 Gbit/s). It keeps
+/// `(bytes % rate) * NSEC_PER_SEC` below `u64::MAX` in [`transmit_ns`].
+pub const MAX_RATE: u64 = 1 << 34;
+
+/// Smallest default bucket: one 64 KiB GSO packet plus headers.
+pub const MIN_DEFAULT_BURST: u64 = 64 * 1024;
+
+/// The default bucket depth for `rate` bytes/s: 50 ms of traffic, and never
+/// less than one GSO packet, so a large packet does not wait for a bucket that
+/// can never hold it.
+pub fn default_burst(rate: u64) -> u64 {
+    let span = rate / 20;
+    if span > MIN_DEFAULT_BURST {
+        span
+    } else {
+        MIN_DEFAULT_BURST
+    }
+}
+
+/// Nanoseconds that `bytes` take at `rate` bytes/s. Saturates at `u64::MAX`.
+///
+/// `rate` must be non-zero; rates above [`MAX_RATE`] are treated as `MAX_RATE`
+/// so that the arithmetic cannot overflow whatever a map holds.
+#[inline(always)]
+pub fn transmit_ns(bytes: u64, rate: u64) -> u64 {
+    let rate = if rate > MAX_RATE { MAX_RATE } else { rate };
+    let secs = bytes / rate;
+    // Not saturating_mul: its overflow check is a 128-bit multiply, which the
+    // BPF backend cannot emit.
+    if secs > u64::MAX / NSEC_PER_SEC {
+        return u64::MAX;
+    }
+    let whole = secs * NSEC_PER_SEC;
+    let part = (bytes % rate) * NSEC_PER_SEC / rate;
+    whole.saturating_add(part)
+}
+
+/// What the policer does with one packet, expressed as the update it makes to
+/// the direction's `tat`, so the kernel can apply it atomically.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// The direction is unlimited: pass, and leave the clock alone.
+    Unlimited,
+    /// Over the limit: drop, and leave the clock alone.
+    Drop,
+    /// Pass; the flow was idle, so the clock restarts at this value.
+    Restart(u64),
+    /// Pass; add this many nanoseconds to the clock.
+    Advance(u64),
+}
+
+impl Step {
+    pub fn passes(self) -> bool {
+        !matches!(self, Step::Drop)
+    }
+}
+
+/// Decides the fate of a `len`-byte packet arriving at `now`, given the
+/// direction's current `tat` and limit.
+#[inline(always)]
+pub fn police(tat: u64, now: u64, len: u64, limit: &Limit) -> Step {
+    if limit.rate == 0 {
+        return Step::Unlimited;
+    }
+    let tolerance = transmit_ns(limit.burst, limit.rate);
+    if tat > now.saturating_add(tolerance) {
+        return Step::Drop;
+    }
+    let cost = transmit_ns(len, limit.rate);
+    if tat < now {
+        Step::Restart(now.saturating_add(cost))
+    } else {
+        Step::Advance(cost)
+    }
+}
+
+/// Applies a step to a clock held in a plain variable (the kernel applies it
+/// with an atomic add instead).
+pub fn apply(tat: u64, step: Step) -> u64 {
+    match step {
+        Step::Unlimited | Step::Drop => tat,
+        Step::Restart(t) => t,
+        Step::Advance(d) => tat.saturating_add(d),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+
+    fn limit(rate: u64, burst: u64) -> Limit {
+        Limit { rate, burst }
+    }
+
+    /// Offers `len`-byte packets every `gap` ns for `duration` ns and returns the bytes passed.
+    fn run(lim: &Limit, len: u64, gap: u64, start: u64, duration: u64) -> u64 {
+        let mut tat = 0;
+        let mut passed = 0;
+        let mut now = start;
+        while now < start + duration {
+            let step = police(tat, now, len, lim);
+            if step.passes() {
+                passed += len;
+            }
+            tat = apply(tat, step);
+            now += gap;
+        }
+        passed
+    }
+
+    #[test]
+    fn transmit_time_is_exact_for_round_numbers() {
+        assert_eq!(transmit_ns(1024, 1024), NSEC_PER_SEC);
+        assert_eq!(transmit_ns(512, 1024), NSEC_PER_SEC / 2);
+        assert_eq!(transmit_ns(0, 1), 0);
+        assert_eq!(transmit_ns(1, 1_000_000_000), 1);
+    }
+
+    #[test]
+    fn transmit_time_matches_wide_arithmetic_up_to_100_gbit() {
+        let reference = |bytes: u64, rate: u64| {
+            let exact = bytes as u128 * NSEC_PER_SEC as u128 / rate as u128;
+            exact.min(u64::MAX as u128) as u64
+        };
+        let rates = [1, 1000, 1 << 20, 100_000_000_000 / 8, MAX_RATE];
+        let sizes = [0, 1, 1500, 65536, 1 << 40, u64::MAX / 3, u64::MAX];
+        for rate in rates {
+            for bytes in sizes {
+                assert_eq!(transmit_ns(bytes, rate), reference(bytes, rate), "{bytes} B at {rate} B/s");
+            }
+        }
+        // Rates above the maximum are clamped, not overflowed.
+        assert_eq!(transmit_ns(MAX_RATE - 1, u64::MAX), transmit_ns(MAX_RATE - 1, MAX_RATE));
+    }
+
+    #[test]
+    fn steady_overload_is_held_to_the_rate() {
+        let lim = limit(1024 * 1024, 64 * 1024);
+        // 1500-byte packets every 100 us = 15 MB/s offered, for 10 s.
+        let passed = run(&lim, 1500, 100_000, 1_000 * MS, 10_000 * MS);
+        let expected = 10 * 1024 * 1024 + 64 * 1024;
+        let ratio = passed as f64 / expected as f64;
+        assert!((0.99..=1.01).contains(&ratio), "ratio {ratio}");
+    }
+
+    #[test]
+    fn traffic_under_the_limit_all_passes() {
+        let lim = limit(1024 * 1024, 64 * 1024);
+        // 1000 bytes every 10 ms = 100 KB/s.
+        let passed = run(&lim, 1000, 10 * MS, 0, 10_000 * MS);
+        assert_eq!(passed, 1000 * 1000);
+    }
+
+    #[test]
+    fn packet_larger_than_the_bucket_is_never_starved() {
+        // 64 KiB GSO packets against a 4 KiB bucket at 8 KiB/s.
+        let lim = limit(8 * 1024, 4 * 1024);
+        let passed = run(&lim, 65536, MS, 0, 80_000 * MS);
+        // 80 s at 8 KiB/s is 10 packets' worth; each passes as soon as the
+        // previous one's debt is paid.
+        let packets = passed / 65536;
+        assert!((10..=11).contains(&packets), "{packets} packets passed");
+    }
+
+    #[test]
+    fn long_idle_gap_refills_exactly_one_burst() {
+        let lim = limit(1000, 5000);
+        let mut tat = 0;
+        // Drain: a first packet at t=1 s.
+        tat = apply(tat, police(tat, NSEC_PER_SEC, 1000, &lim));
+        // A day later, a burst of back-to-back 1000-byte packets.
+        let later = NSEC_PER_SEC + 86_400 * NSEC_PER_SEC;
+        let mut passed = 0;
+        for _ in 0..100 {
+            let step = police(tat, later, 1000, &lim);
+            if step.passes() {
+                passed += 1;
+            }
+            tat = apply(tat, step);
+        }
+        // Burst tolerance of 5 s at 1000 B/s: the packet at the clock plus five more.
+        assert_eq!(passed, 6);
+    }
+
+    #[test]
+    fn clock_going_backwards_grants_no_credit() {
+        let lim = limit(1000, 1000);
+        let t0 = 100 * NSEC_PER_SEC;
+        let mut tat = apply(0, police(0, t0, 2000, &lim));
+        assert_eq!(tat, t0 + 2 * NSEC_PER_SEC);
+        // The clock steps back 50 s: still ahead of the limit, so dropped.
+        assert_eq!(police(tat, t0 - 50 * NSEC_PER_SEC, 10, &lim), Step::Drop);
+        // Forward again past the debt: admitted, and only one burst's worth.
+        let step = police(tat, t0 + NSEC_PER_SEC, 10, &lim);
+        assert!(step.passes());
+        tat = apply(tat, step);
+        assert!(tat > t0 + 2 * NSEC_PER_SEC);
+    }
+
+    #[test]
+    fn clock_near_u64_max_saturates() {
+        let lim = limit(1, u64::MAX);
+        let step = police(u64::MAX - 5, u64::MAX - 10, u64::MAX, &lim);
+        assert_eq!(apply(u64::MAX - 5, step), u64::MAX);
+    }
+
+    #[test]
+    fn unlimited_passes_everything_and_keeps_the_clock() {
+        let lim = limit(0, 0);
+        assert_eq!(police(42, 0, u64::MAX, &lim), Step::Unlimited);
+        assert_eq!(apply(42, Step::Unlimited), 42);
+    }
+
+    #[test]
+    fn credit_saved_at_a_high_rate_is_no_loophole_after_lowering_it() {
+        // Idle at 128 MiB/s with a 6.4 MB bucket, then the limit drops to 64 KiB/s.
+        let fast = limit(128 << 20, (128 << 20) / 20);
+        let mut tat = apply(0, police(0, NSEC_PER_SEC, 1500, &fast));
+        let slow = limit(64 << 10, 64 << 10);
+        let now = 100 * NSEC_PER_SEC;
+        let mut passed = 0;
+        for _ in 0..1000 {
+            let step = police(tat, now, 1500, &slow);
+            if step.passes() {
+                passed += 1500;
+            }
+            tat = apply(tat, step);
+        }
+        // One new bucket plus the packet that crossed it, not megabytes.
+        assert!(passed <= (64 << 10) + 1500, "{passed} bytes passed");
+    }
+
+    #[test]
+    fn default_burst_covers_a_gso_packet_and_50ms() {
+        assert_eq!(default_burst(1024), MIN_DEFAULT_BURST);
+        assert_eq!(default_burst(1024 * 1024), MIN_DEFAULT_BURST);
+        assert_eq!(default_burst(128 << 20), (128 << 20) / 20);
+        assert_eq!(default_burst(MAX_RATE), MAX_RATE / 20);
+    }
+}

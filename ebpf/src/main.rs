@@ -1,0 +1,104 @@
+//! The kernel half of throttle: one `cgroup_skb` program per direction,
+//! attached to the run's own cgroup, policing every packet of every socket
+//! created inside it.
+//!
+//! Each run loads its own copy of this object, so the maps below belong to
+//! exactly one run and one cgroup; nothing here asks which cgroup a packet
+//! belongs to (in ingress, `bpf_get_current_cgroup_id()` names whatever task
+//! the softirq interrupted).
+#![no_std]
+#![no_main]
+#![feature(core_intrinsics)]
+// The BPF target has no compare-and-swap, so AtomicU64::fetch_add does not
+// exist; the intrinsic is the only way to reach BPF_XADD from Rust.
+#![allow(internal_features)]
+
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
+use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
+    macros::{cgroup_skb, map},
+    maps::{Array, PerCpuArray},
+    programs::SkBuffContext,
+};
+use throttle_common::{
+    Counters, DIRECTIONS, DOWN, Limit, UP,
+    policer::{Step, police},
+};
+
+#[map(name = "LIMITS")]
+static LIMITS: Array<Limit> = Array::with_max_entries(DIRECTIONS, 0);
+
+/// Each direction's theoretical arrival time (see `throttle_common::policer`).
+#[map(name = "CLOCK")]
+static CLOCK: Array<u64> = Array::with_max_entries(DIRECTIONS, 0);
+
+#[map(name = "COUNTERS")]
+static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(DIRECTIONS, 0);
+
+const DROP: i32 = 0;
+const PASS: i32 = 1;
+/// Egress only: drop and report congestion (NET_XMIT_DROP). TCP keeps the
+/// segment queued and enters CWR instead of treating it as loss, and UDP
+/// senders see ENOBUFS rather than a baffling EPERM.
+const DROP_CONGESTED: i32 = 2;
+
+#[cgroup_skb(ingress)]
+pub fn throttle_down(ctx: SkBuffContext) -> i32 {
+    if admit(&ctx, DOWN) { PASS } else { DROP }
+}
+
+#[cgroup_skb(egress)]
+pub fn throttle_up(ctx: SkBuffContext) -> i32 {
+    if admit(&ctx, UP) { PASS } else { DROP_CONGESTED }
+}
+
+#[inline(always)]
+fn admit(ctx: &SkBuffContext, direction: u32) -> bool {
+    let (Some(limit), Some(clock), Some(counters)) = (
+        LIMITS.get(direction),
+        CLOCK.get_ptr_mut(direction),
+        COUNTERS.get_ptr_mut(direction),
+    ) else {
+        // Unreachable for in-range array indices; failing open keeps a
+        // broken map from cutting the command off the network.
+        return true;
+    };
+    let len = u64::from(ctx.len());
+    // SAFETY: `clock` and `counters` point into map values that live as long
+    // as the program; the helper has no preconditions.
+    unsafe {
+        let now = bpf_ktime_get_ns();
+        let step = police(core::ptr::read_volatile(clock), now, len, limit);
+        match step {
+            // Only after an idle gap; a racing CPU's packet may be forgotten, which
+            // errs by one packet and only when the flow was under its limit.
+            Step::Restart(tat) => core::ptr::write_volatile(clock, tat),
+            // The hot path: an atomic add whose result is unused compiles to
+            // BPF_XADD, so concurrent CPUs never lose each other's packets.
+            Step::Advance(cost) => {
+                atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(clock, cost);
+            }
+            Step::Unlimited | Step::Drop => {}
+        }
+        let counters = &mut *counters;
+        if step.passes() {
+            counters.passed_bytes += len;
+            counters.passed_packets += 1;
+        } else {
+            counters.dropped_bytes += len;
+            counters.dropped_packets += 1;
+        }
+        step.passes()
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,303 @@
+//! The cgroup v2 side: finding the hierarchy, choosing where a run's cgroup
+//! lives, and creating, emptying and removing it.
+
+use std::{
+    fs::{self, File, OpenOptions},
+    io,
+    os::{fd::AsFd, unix::fs::OpenOptionsExt as _},
+    path::{Path, PathBuf},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use nix::{
+    errno::Errno,
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+
+/// Directory under the cgroup2 mount that holds top-level runs.
+pub const RUNS_DIR: &str = "throttle";
+
+/// Finds the cgroup2 mount point in /proc/self/mountinfo: /sys/fs/cgroup on
+/// a pure v2 system, /sys/fs/cgroup/unified on a hybrid one.
+pub fn find_mount() -> Result<PathBuf> {
+    let text = fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    parse_mountinfo(&text).context(
+        "cgroup v2 is not mounted (no cgroup2 line in /proc/self/mountinfo); \
+         mount it with: mount -t cgroup2 none /sys/fs/cgroup/unified",
+    )
+}
+
+fn parse_mountinfo(text: &str) -> Option<PathBuf> {
+    text.lines().find_map(|line| {
+        // ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER
+        let (head, tail) = line.split_once(" - ")?;
+        let fstype = tail.split_whitespace().next()?;
+        (fstype == "cgroup2").then(|| PathBuf::from(unescape(head.split_whitespace().nth(4)?)))
+    })
+}
+
+/// Mount points escape space, tab, newline and backslash as octal (\040).
+fn unescape(field: &str) -> String {
+    let mut out = String::with_capacity(field.len());
+    let mut rest = field;
+    while let Some(pos) = rest.find('\\') {
+        out.push_str(&rest[..pos]);
+        let code = rest.get(pos + 1..pos + 4).and_then(|o| u8::from_str_radix(o, 8).ok());
+        match code {
+            Some(byte) => {
+                out.push(char::from(byte));
+                rest = &rest[pos + 4..];
+            }
+            None => {
+                out.push('\\');
+                rest = &rest[pos + 1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The calling process's own cgroup v2 directory.
+pub fn own_cgroup(mount: &Path) -> Result<PathBuf> {
+    let text = fs::read_to_string("/proc/self/cgroup").context("reading /proc/self/cgroup")?;
+    let relative = text
+        .lines()
+        .find_map(|line| line.strip_prefix("0::"))
+        .context("/proc/self/cgroup has no cgroup v2 (0::) entry")?;
+    Ok(mount.join(relative.trim_start_matches('/')))
+}
+
+/// Where a run's cgroup goes. Inside another run (a nested throttle), it must
+/// be a child of that run's cgroup so the outer programs still see its
+/// packets. From the root cgroup, runs are gathered under `<mount>/throttle`.
+/// Anywhere else (a systemd service, a CI job's cgroup) it stays a child of
+/// the caller's cgroup, so the command keeps the caller's resource limits.
+pub fn run_parent(mount: &Path, own: &Path) -> PathBuf {
+    if own == mount {
+        mount.join(RUNS_DIR)
+    } else {
+        own.to_path_buf()
+    }
+}
+
+/// A run's cgroup, removed with everything in it when dropped.
+pub struct RunCgroup {
+    path: PathBuf,
+    dir: File,
+    removed: bool,
+}
+
+impl RunCgroup {
+    /// Creates the cgroup; it must not exist yet.
+    pub fn create(path: &Path) -> Result<RunCgroup> {
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        }
+        if let Err(e) = fs::create_dir(path) {
+            let hint = match e.kind() {
+                io::ErrorKind::PermissionDenied => " (run throttle as root; see 'throttle doctor')",
+                io::ErrorKind::AlreadyExists => " (another run uses this name; pick one with --name)",
+                _ => "",
+            };
+            return Err(e).with_context(|| format!("creating cgroup {}{hint}", path.display()));
+        }
+        let dir = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        Ok(RunCgroup {
+            path: path.to_path_buf(),
+            dir,
+            removed: false,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The cgroup directory, as the BPF attach and query calls take it.
+    pub fn dir(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.dir.as_fd()
+    }
+
+    /// Opens cgroup.procs for a child to write "0" into between fork and exec.
+    pub fn open_procs(&self) -> Result<File> {
+        let path = self.path.join("cgroup.procs");
+        OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))
+    }
+
+    /// Removes the cgroup: see [`remove_tree`].
+    pub fn remove(mut self) -> Result<()> {
+        self.removed = true;
+        remove_tree(&self.path, KILL_WAIT)
+    }
+}
+
+impl Drop for RunCgroup {
+    fn drop(&mut self) {
+        if !self.removed
+            && let Err(e) = remove_tree(&self.path, KILL_WAIT)
+        {
+            eprintln!("throttle: {e:#}");
+        }
+    }
+}
+
+/// How long to wait for SIGKILLed processes to leave a cgroup.
+const KILL_WAIT: Duration = Duration::from_secs(5);
+const POLL: Duration = Duration::from_millis(10);
+
+/// Whether any process is in the cgroup or its descendants.
+pub fn is_populated(path: &Path) -> Result<bool> {
+    let events = path.join("cgroup.events");
+    let text = fs::read_to_string(&events).with_context(|| format!("reading {}", events.display()))?;
+    Ok(text.lines().any(|line| line == "populated 1"))
+}
+
+/// Pids of the processes directly in the cgroup.
+pub fn pids(path: &Path) -> Result<Vec<Pid>> {
+    let procs = path.join("cgroup.procs");
+    let text = fs::read_to_string(&procs).with_context(|| format!("reading {}", procs.display()))?;
+    Ok(text.lines().filter_map(|l| l.trim().parse().ok()).map(Pid::from_raw).collect())
+}
+
+/// Sends `signal` to every process in the cgroup and its descendants.
+pub fn signal_all(path: &Path, signal: Signal) -> Result<()> {
+    for dir in subtree(path)? {
+        for pid in pids(&dir)? {
+            // ESRCH: it exited since we read the list.
+            match kill(pid, signal) {
+                Ok(()) | Err(Errno::ESRCH) => {}
+                Err(e) => return Err(e).with_context(|| format!("sending {signal} to {pid}")),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Waits until the cgroup is empty; false on timeout.
+pub fn wait_empty(path: &Path, timeout: Duration) -> Result<bool> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if !is_populated(path)? {
+            return Ok(true);
+        }
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
+        thread::sleep(POLL);
+    }
+}
+
+/// Kills every process in the cgroup and its descendants (cgroup.kill,
+/// Linux 5.14+, with a SIGKILL sweep as the fallback) and waits for them to go.
+pub fn kill_all(path: &Path, timeout: Duration) -> Result<()> {
+    let kill_file = path.join("cgroup.kill");
+    if kill_file.exists() {
+        fs::write(&kill_file, "1").with_context(|| format!("writing {}", kill_file.display()))?;
+    } else {
+        signal_all(path, Signal::SIGKILL)?;
+    }
+    if !wait_empty(path, timeout)? {
+        bail!("processes in {} survived SIGKILL for {timeout:?}", path.display());
+    }
+    Ok(())
+}
+
+/// Kills what is left in the cgroup, then removes it and any nested cgroups,
+/// deepest first. A cgroup that is already gone is not an error.
+pub fn remove_tree(path: &Path, timeout: Duration) -> Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
+    if is_populated(path)? {
+        kill_all(path, timeout)?;
+    }
+    for dir in subtree(path)?.into_iter().rev() {
+        match fs::remove_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("removing cgroup {}", dir.display())),
+        }
+    }
+    Ok(())
+}
+
+/// The cgroup and all its descendants, parents before children.
+fn subtree(path: &Path) -> Result<Vec<PathBuf>> {
+    let mut all = vec![path.to_path_buf()];
+    let mut next = 0;
+    while next < all.len() {
+        let dir = all[next].clone();
+        next += 1;
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+        };
+        for entry in entries {
+            let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                all.push(entry.path());
+            }
+        }
+    }
+    Ok(all)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HYBRID: &str = "\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+";
+
+    const PURE: &str = "\
+22 1 0:21 / /proc rw,nosuid,nodev,noexec,relatime shared:12 - proc proc rw
+29 22 0:26 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot
+";
+
+    #[test]
+    fn finds_the_unified_mount_on_hybrid_systems() {
+        assert_eq!(parse_mountinfo(HYBRID), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+    }
+
+    #[test]
+    fn finds_the_mount_on_pure_v2_systems_with_optional_fields() {
+        assert_eq!(parse_mountinfo(PURE), Some(PathBuf::from("/sys/fs/cgroup")));
+    }
+
+    #[test]
+    fn no_cgroup2_line_means_none() {
+        assert_eq!(parse_mountinfo("31 23 0:28 / /sys/fs/cgroup rw - tmpfs tmpfs rw\n"), None);
+        assert_eq!(parse_mountinfo(""), None);
+    }
+
+    #[test]
+    fn escaped_mount_points_are_decoded() {
+        let line = "50 1 0:40 / /mnt/my\\040cgroups rw - cgroup2 none rw\n";
+        assert_eq!(parse_mountinfo(line), Some(PathBuf::from("/mnt/my cgroups")));
+        assert_eq!(unescape("a\\134b"), "a\\b");
+        assert_eq!(unescape("trailing\\"), "trailing\\");
+    }
+
+    #[test]
+    fn runs_from_the_root_cgroup_are_gathered_under_one_directory() {
+        let mount = Path::new("/sys/fs/cgroup/unified");
+        assert_eq!(run_parent(mount, mount), mount.join("throttle"));
+        let nested = mount.join("throttle/outer");
+        assert_eq!(run_parent(mount, &nested), nested);
+        let service = mount.join("system.slice/ci.service");
+        assert_eq!(run_parent(mount, &service), service);
+    }
+}

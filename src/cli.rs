@@ -1,0 +1,234 @@
+//! The command line. Self-contained (clap, humantime and the shared unit
+//! grammar only) so that xtask can build completions and the man page from it
+//! without building the eBPF object.
+
+use std::{ffi::OsString, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+use clap_complete::Shell;
+use throttle_common::units::{RATE_FORMS, SIZE_FORMS, parse_rate, parse_size};
+
+const ABOUT: &str = "Run a command with its network bandwidth limited, in the kernel";
+
+const LONG_ABOUT: &str = "\
+Run a command with its network bandwidth limited, in the kernel.
+
+throttle creates a cgroup for the run, attaches eBPF programs that police the
+download (ingress) and upload (egress) of every socket created inside it, and
+starts COMMAND there. Everything the command spawns is limited together, static
+and Go binaries included. When the command exits, the programs are detached and
+the cgroup removed.";
+
+const AFTER_HELP: &str = "\
+RATE: a positive number of bytes per second, decimals allowed, with an optional
+case-insensitive unit: K, KB, KiB = 1024; M, MB, MiB = 1024^2; G, GB, GiB = 1024^3
+(as in curl and wget); kbit, mbit, gbit = 1000, 1000^2, 1000^3 bits/s (as in tc).
+A trailing /s is allowed. SIZE takes the same byte units.
+
+Exit status: the command's own; 128+N if it died of signal N; 125 if throttle
+failed before the command ran; 126 if the command is not executable; 127 if it
+was not found; 2 for invalid arguments.
+
+Examples:
+  throttle --down 50K --up 10K -- wget https://example.org/big.iso
+  throttle --down 20mbit -- cargo build
+  throttle --up 1M --name backup -- rsync -a ~/photos host:photos";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "throttle",
+    version,
+    about = ABOUT,
+    long_about = LONG_ABOUT,
+    after_long_help = AFTER_HELP,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    override_usage = "throttle [OPTIONS] [--] COMMAND [ARGS]...\n       throttle <SUBCOMMAND>"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub action: Option<Action>,
+
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Limit the download (ingress) rate; unlimited if omitted
+    #[arg(long, value_name = "RATE", value_parser = rate)]
+    pub down: Option<u64>,
+
+    /// Limit the upload (egress) rate; unlimited if omitted
+    #[arg(long, value_name = "RATE", value_parser = rate)]
+    pub up: Option<u64>,
+
+    /// Bucket depth: how far a burst may run ahead of the rate [default: 50 ms of the rate, at least 64K]
+    #[arg(long, value_name = "SIZE", value_parser = size)]
+    pub burst: Option<u64>,
+
+    /// Name of the run, for 'throttle list/set/stats' [default: COMMAND-PID]
+    #[arg(long, value_name = "NAME", value_parser = run_name)]
+    pub name: Option<String>,
+
+    /// After COMMAND exits, how long processes it left behind get between SIGTERM and SIGKILL
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub kill_after: Duration,
+
+    /// After COMMAND exits, wait for the processes it left behind (still throttled) instead of killing them
+    #[arg(long)]
+    pub wait_all: bool,
+
+    /// The command to run, with its arguments
+    #[arg(
+        value_name = "COMMAND",
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        num_args = 1..
+    )]
+    pub command: Vec<OsString>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Action {
+    /// Check this machine for everything throttle needs, and say how to fix what is missing
+    Doctor,
+    /// Remove what runs killed with SIGKILL left behind (cgroups, lock files); live runs are never touched
+    Cleanup,
+    /// Print shell completions to stdout
+    Completions {
+        /// The shell to generate completions for
+        shell: Shell,
+    },
+}
+
+fn rate(text: &str) -> Result<u64, String> {
+    parse_rate(text).map_err(|e| format!("{e}; expected {RATE_FORMS}"))
+}
+
+fn size(text: &str) -> Result<u64, String> {
+    parse_size(text).map_err(|e| format!("{e}; expected {SIZE_FORMS}"))
+}
+
+/// Longest accepted run name; it becomes a cgroup and a file name.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// Run names become directory and file names and are looked up by
+/// `throttle set NAME|PID`, so they are plain words that cannot pass for a PID.
+pub fn run_name(text: &str) -> Result<String, String> {
+    const ACCEPTED: &str = "expected 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit, and not all digits";
+    let valid = !text.is_empty()
+        && text.len() <= MAX_NAME_LEN
+        && text.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && text.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && !text.chars().all(|c| c.is_ascii_digit());
+    if valid {
+        Ok(text.to_string())
+    } else {
+        Err(ACCEPTED.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, error::ErrorKind};
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("throttle").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn limits_and_command() {
+        let cli = parse(&["--down", "50K", "--up", "1mbit", "--", "wget", "-q", "url"]).unwrap();
+        assert!(cli.action.is_none());
+        assert_eq!(cli.run.down, Some(50 * 1024));
+        assert_eq!(cli.run.up, Some(125_000));
+        assert_eq!(cli.run.burst, None);
+        assert_eq!(cli.run.command, ["wget", "-q", "url"]);
+        assert_eq!(cli.run.kill_after, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn command_without_double_dash_keeps_its_own_flags() {
+        let cli = parse(&["--down", "1M", "curl", "--limit-rate", "5M", "-o", "x"]).unwrap();
+        assert_eq!(cli.run.command, ["curl", "--limit-rate", "5M", "-o", "x"]);
+        assert_eq!(cli.run.down, Some(1 << 20));
+    }
+
+    #[test]
+    fn both_directions_may_be_omitted() {
+        let cli = parse(&["true"]).unwrap();
+        assert_eq!((cli.run.down, cli.run.up), (None, None));
+    }
+
+    #[test]
+    fn options_after_the_command_belong_to_the_command() {
+        let cli = parse(&["--", "sh", "--down", "1M"]).unwrap();
+        assert_eq!(cli.run.down, None);
+        assert_eq!(cli.run.command, ["sh", "--down", "1M"]);
+    }
+
+    #[test]
+    fn a_command_is_required() {
+        let err = parse(&["--down", "1M"]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::MissingRequiredArgument);
+    }
+
+    #[test]
+    fn bad_rates_name_the_value_and_the_accepted_forms() {
+        for bad in ["0", "-1M", "5X", "", "nan", "1e9", "99G"] {
+            let err = parse(&["--down", bad, "--", "true"]).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::ValueValidation, "{bad}");
+            let text = err.to_string();
+            assert!(text.contains(&format!("'{bad}'")), "{text}");
+            assert!(text.contains("kbit"), "{text}");
+        }
+    }
+
+    #[test]
+    fn durations_use_humantime() {
+        let cli = parse(&["--kill-after", "1m 30s", "--wait-all", "true"]).unwrap();
+        assert_eq!(cli.run.kill_after, Duration::from_secs(90));
+        assert!(cli.run.wait_all);
+        assert!(parse(&["--kill-after", "soon", "true"]).is_err());
+    }
+
+    #[test]
+    fn burst_takes_a_size() {
+        assert_eq!(parse(&["--burst", "256K", "true"]).unwrap().run.burst, Some(256 << 10));
+        assert!(parse(&["--burst", "1mbit", "true"]).is_err());
+    }
+
+    #[test]
+    fn run_names() {
+        for good in ["ci", "wget-1234", "a.b_c", "9lives"] {
+            assert_eq!(run_name(good).as_deref(), Ok(good));
+        }
+        let long = "x".repeat(MAX_NAME_LEN + 1);
+        for bad in ["", "1234", "-x", ".hidden", "a/b", "a b", "ü", long.as_str()] {
+            assert!(run_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn subcommands() {
+        assert!(matches!(parse(&["doctor"]).unwrap().action, Some(Action::Doctor)));
+        assert!(matches!(parse(&["cleanup"]).unwrap().action, Some(Action::Cleanup)));
+        assert!(matches!(
+            parse(&["completions", "zsh"]).unwrap().action,
+            Some(Action::Completions { shell: Shell::Zsh })
+        ));
+        // A program that shares a subcommand's name runs after `--`.
+        let cli = parse(&["--", "doctor"]).unwrap();
+        assert!(cli.action.is_none());
+        assert_eq!(cli.run.command, ["doctor"]);
+    }
+}
