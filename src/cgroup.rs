@@ -35,7 +35,10 @@ fn parse_mountinfo(text: &str) -> Option<PathBuf> {
         // ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER
         let (head, tail) = line.split_once(" - ")?;
         let fstype = tail.split_whitespace().next()?;
-        (fstype == "cgroup2").then(|| PathBuf::from(unescape(head.split_whitespace().nth(4)?)))
+        if fstype != "cgroup2" {
+            return None;
+        }
+        Some(PathBuf::from(unescape(head.split_whitespace().nth(4)?)))
     })
 }
 

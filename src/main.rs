@@ -1,15 +1,165 @@
+//! `throttle`: run one command with its network bandwidth limited in the
+//! kernel, by eBPF programs attached to a cgroup that the run owns.
+
 mod bpf;
-use std::os::fd::AsFd;
-fn main() -> anyhow::Result<()> {
-    let p = std::path::Path::new("/sys/fs/cgroup/unified/throttle-smoke");
-    let _ = std::fs::create_dir(p);
-    let dir = std::fs::File::open(p)?;
-    let lim = throttle_common::Limit { rate: 1 << 20, burst: 65536 };
-    let progs = bpf::Programs::attach(dir.as_fd(), p, [lim, lim])?;
-    println!("attached; ids in={:?} eg={:?}", bpf::attached_program_ids(dir.as_fd(), aya::programs::CgroupSkbAttachType::Ingress)?, bpf::attached_program_ids(dir.as_fd(), aya::programs::CgroupSkbAttachType::Egress)?);
-    println!("{:?}", progs.counters()?);
-    progs.detach(dir.as_fd())?;
-    println!("detached ok");
-    std::fs::remove_dir(p)?;
-    Ok(())
+mod cgroup;
+mod cli;
+mod doctor;
+mod guard;
+mod privileges;
+mod runs;
+mod supervisor;
+
+use std::{ffi::OsStr, path::Path, process::ExitCode};
+
+use anyhow::{Context as _, Result};
+use clap::{CommandFactory as _, Parser as _, error::ErrorKind};
+use throttle_common::{Limit, policer::default_burst};
+
+use crate::{
+    cli::{Action, Cli, RunArgs},
+    guard::{Cleanup, Guard},
+    runs::Registration,
+    supervisor::{Forwarding, Leftovers},
+};
+
+/// throttle itself failed (before, or while tearing down after, the command).
+const EXIT_FAILURE: u8 = 125;
+/// Invalid arguments, as clap and most tools report them.
+const EXIT_USAGE: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(&e),
+    };
+    let result = match cli.action {
+        None => run(cli.run).map(|code| ExitCode::from(code as u8)),
+        Some(Action::Doctor) => doctor::run(),
+        Some(Action::Cleanup) => cleanup(),
+        Some(Action::Completions { shell }) => {
+            clap_complete::generate(shell, &mut Cli::command(), "throttle", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("throttle: {e:#}");
+        ExitCode::from(EXIT_FAILURE)
+    })
+}
+
+/// Help and version go to stdout as clap renders them; errors become one line.
+fn usage_error(error: &clap::Error) -> ExitCode {
+    if matches!(error.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        let _ = error.print();
+        return ExitCode::SUCCESS;
+    }
+    let rendered = error.render().to_string();
+    let message: Vec<&str> = rendered
+        .lines()
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let message = message.join(" ");
+    let message = message.strip_prefix("error: ").unwrap_or(&message);
+    eprintln!("throttle: {message} (see 'throttle --help')");
+    ExitCode::from(EXIT_USAGE)
+}
+
+fn run(args: RunArgs) -> Result<i32> {
+    // First, so a signal during set-up waits for the command instead of
+    // killing the wrapper between creating the cgroup and starting it.
+    let forwarding = Forwarding::install()?;
+    privileges::check()?;
+    let mount = cgroup::find_mount()?;
+    let parent = cgroup::run_parent(&mount, &cgroup::own_cgroup(&mount)?);
+    let name = args.name.clone().unwrap_or_else(|| default_name(&args.command[0]));
+    let runtime_dir = runs::runtime_dir();
+    if let Err(e) = runs::sweep(&runtime_dir, &mount) {
+        eprintln!("throttle: warning: cleaning up after earlier runs: {e:#}");
+    }
+
+    let cgroup_path = parent.join(&name);
+    let registration = Registration::claim(&runtime_dir, &name, &cgroup_path)?;
+    let guard = Guard::start(
+        Cleanup::new(&cgroup_path, &runtime_dir, &name),
+        &[registration.lock_fd()],
+    )?;
+    let cgroup = cgroup::RunCgroup::create(&cgroup_path)?;
+    let limits = [limit(args.down, args.burst), limit(args.up, args.burst)];
+    let programs = bpf::Programs::attach(cgroup.dir(), cgroup.path(), limits)?;
+
+    let env = [("THROTTLE_NAME", OsStr::new(&name))];
+    let leftovers = Leftovers {
+        kill_after: args.kill_after,
+        wait_all: args.wait_all,
+    };
+    let code = supervisor::run(&args.command, &env, &cgroup, forwarding, &leftovers)?;
+
+    programs.detach(cgroup.dir())?;
+    cgroup.remove()?;
+    guard.dismiss();
+    drop(registration);
+    Ok(code)
+}
+
+fn limit(rate: Option<u64>, burst: Option<u64>) -> Limit {
+    let rate = rate.unwrap_or(0);
+    Limit {
+        rate,
+        burst: burst.unwrap_or_else(|| default_burst(rate)),
+    }
+}
+
+/// `<command>-<pid>`, with the command's name reduced to what a run name allows.
+fn default_name(command: &OsStr) -> String {
+    let base = Path::new(command)
+        .file_name()
+        .map(|b| b.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let cleaned: String = base
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' })
+        .skip_while(|c| !c.is_ascii_alphanumeric())
+        .take(cli::MAX_NAME_LEN - 11)
+        .collect();
+    let base = if cleaned.is_empty() { "run" } else { &cleaned };
+    format!("{base}-{}", std::process::id())
+}
+
+fn cleanup() -> Result<ExitCode> {
+    privileges::check()?;
+    let mount = cgroup::find_mount()?;
+    let dir = runs::runtime_dir();
+    let swept = runs::sweep(&dir, &mount).context("cleaning up after dead runs")?;
+    if swept.is_empty() {
+        println!("nothing to clean up");
+    }
+    for name in swept {
+        println!("removed dead run {name}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_names_are_valid_run_names() {
+        for command in ["wget", "/usr/bin/python3.12", "./my script", "-weird", "ü", ""] {
+            let name = default_name(OsStr::new(command));
+            assert_eq!(cli::run_name(&name), Ok(name.clone()), "{command}");
+        }
+        let long = "x".repeat(200);
+        assert!(cli::run_name(&default_name(OsStr::new(&long))).is_ok());
+    }
+
+    #[test]
+    fn omitted_limits_are_unlimited_and_bursts_default_by_rate() {
+        assert_eq!(limit(None, None).rate, 0);
+        assert_eq!(limit(Some(1 << 20), None).burst, default_burst(1 << 20));
+        assert_eq!(limit(Some(1 << 20), Some(4096)).burst, 4096);
+    }
 }

@@ -91,8 +91,9 @@ impl Registration {
         bail!("could not claim {}: it keeps being removed", path.display())
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// The fd holding the lock, for the watchdog to inherit.
+    pub fn lock_fd(&self) -> i32 {
+        std::os::fd::AsRawFd::as_raw_fd(&*self.lock)
     }
 }
 
@@ -134,17 +135,20 @@ fn read_record(file: &mut File) -> io::Result<Record> {
     Ok(record)
 }
 
-/// Removes what dead runs left behind: their cgroups (killing anything still
-/// inside), their files in the runtime directory, and cgroups under
-/// `<mount>/throttle` that no run has registered and no program is attached
-/// to. Returns the names of the runs removed.
-pub fn sweep(dir: &Path, mount: &Path) -> Result<Vec<String>> {
-    let mut swept = Vec::new();
+/// A registered run whose wrapper is gone, locked so nothing else claims it
+/// while it is being removed.
+struct DeadRun {
+    name: String,
+    lock: Flock<File>,
+}
+
+fn dead_runs(dir: &Path) -> Result<Vec<DeadRun>> {
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return sweep_unregistered(dir, mount, swept),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
     };
+    let mut dead = Vec::new();
     for entry in entries {
         let path = entry.with_context(|| format!("listing {}", dir.display()))?.path();
         let Some(name) = path
@@ -157,16 +161,36 @@ pub fn sweep(dir: &Path, mount: &Path) -> Result<Vec<String>> {
         let Ok(file) = OpenOptions::new().read(true).custom_flags(libc::O_CLOEXEC).open(&path) else {
             continue;
         };
-        let Ok(mut lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) else {
-            continue; // live
-        };
-        let record = read_record(&mut lock).with_context(|| format!("reading {}", path.display()))?;
+        if let Ok(lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            dead.push(DeadRun {
+                name: name.to_string(),
+                lock,
+            });
+        }
+    }
+    Ok(dead)
+}
+
+/// Names of registered runs whose wrapper is gone.
+pub fn stale(dir: &Path) -> Result<Vec<String>> {
+    Ok(dead_runs(dir)?.into_iter().map(|run| run.name).collect())
+}
+
+/// Removes what dead runs left behind: their cgroups (killing anything still
+/// inside), their files in the runtime directory, and cgroups under
+/// `<mount>/throttle` that no run has registered and no program is attached
+/// to. Returns the names of the runs removed.
+pub fn sweep(dir: &Path, mount: &Path) -> Result<Vec<String>> {
+    let mut swept = Vec::new();
+    for mut run in dead_runs(dir)? {
+        let path = lock_path(dir, &run.name);
+        let record = read_record(&mut run.lock).with_context(|| format!("reading {}", path.display()))?;
         if let Some(cgroup) = &record.cgroup {
             cgroup::remove_tree(cgroup, STALE_KILL_WAIT)
-                .with_context(|| format!("removing the cgroup of dead run '{name}'"))?;
+                .with_context(|| format!("removing the cgroup of dead run '{}'", run.name))?;
         }
-        remove_run_files(dir, name)?;
-        swept.push(name.to_string());
+        remove_run_files(dir, &run.name)?;
+        swept.push(run.name);
     }
     sweep_unregistered(dir, mount, swept)
 }

@@ -1,0 +1,114 @@
+//! `throttle doctor`: checks everything a run needs, one line per check,
+//! each failure with the way to fix it.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
+
+use anyhow::{Context as _, Result, bail};
+use throttle_common::Limit;
+
+use crate::{bpf, cgroup, privileges, runs};
+
+struct Report {
+    failures: usize,
+}
+
+impl Report {
+    fn check(&mut self, what: &str, result: Result<String>) {
+        match result {
+            Ok(detail) => println!("ok    {what}: {detail}"),
+            Err(e) => {
+                self.failures += 1;
+                println!("FAIL  {what}: {e:#}");
+            }
+        }
+    }
+}
+
+pub fn run() -> Result<ExitCode> {
+    let mut report = Report { failures: 0 };
+    report.check("kernel", kernel());
+    for requirement in &privileges::REQUIRED {
+        let name = privileges::names(requirement);
+        let result = if privileges::holds(requirement) {
+            Ok(format!("held ({})", requirement.why))
+        } else {
+            Err(anyhow::anyhow!("missing, needed {}; {}", requirement.why, privileges::FIX))
+        };
+        report.check(&format!("capability {name}"), result);
+    }
+    let mount = cgroup::find_mount();
+    report.check("cgroup2", mount.as_ref().map(|m| format!("mounted at {}", m.display())).map_err(|e| anyhow::anyhow!("{e:#}")));
+    if let Ok(mount) = &mount {
+        report.check("run cgroups", run_parent(mount));
+        report.check("cgroup.kill", cgroup_kill(mount));
+        report.check("eBPF programs", load_and_attach(mount));
+        report.check("stale runs", stale_runs());
+    }
+    report.check("runtime directory", Ok(runs::runtime_dir().display().to_string()));
+    if report.failures == 0 {
+        println!("throttle is ready to run");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("{} check(s) failed", report.failures);
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+fn kernel() -> Result<String> {
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").context("reading /proc/sys/kernel/osrelease")?;
+    let release = release.trim();
+    let mut numbers = release.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse::<u32>().ok());
+    let version = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+    if version < (5, 7) {
+        bail!("Linux {release} is too old: cgroup bpf_link needs 5.7 or later");
+    }
+    Ok(format!("Linux {release}"))
+}
+
+fn run_parent(mount: &Path) -> Result<String> {
+    let own = cgroup::own_cgroup(mount)?;
+    let parent = cgroup::run_parent(mount, &own);
+    let existing = parent.ancestors().find(|p| p.exists()).unwrap_or(mount);
+    nix::unistd::access(existing, nix::unistd::AccessFlags::W_OK)
+        .with_context(|| format!("{} is not writable; run as root", existing.display()))?;
+    Ok(format!("created under {}", parent.display()))
+}
+
+fn cgroup_kill(mount: &Path) -> Result<String> {
+    // The root cgroup has no cgroup.kill; any child shows whether the kernel has it.
+    let probe = fs::read_dir(mount)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.is_dir());
+    match probe {
+        Some(dir) if dir.join("cgroup.kill").exists() => Ok("available".into()),
+        Some(_) => Ok("not available (Linux < 5.14); leftovers are killed one pid at a time".into()),
+        None => Ok("no child cgroup to probe yet".into()),
+    }
+}
+
+/// Loads the programs and attaches them to a scratch cgroup, proving the
+/// verifier, the attach and the detach all work here.
+fn load_and_attach(mount: &Path) -> Result<String> {
+    let parent = cgroup::run_parent(mount, &cgroup::own_cgroup(mount)?);
+    let path: PathBuf = parent.join(format!("doctor-{}", std::process::id()));
+    let scratch = cgroup::RunCgroup::create(&path)?;
+    let programs = bpf::Programs::attach(scratch.dir(), scratch.path(), [Limit::default(); 2])?;
+    programs.detach(scratch.dir())?;
+    scratch.remove()?;
+    Ok("load, attach and detach work".into())
+}
+
+fn stale_runs() -> Result<String> {
+    let dir = runs::runtime_dir();
+    let stale = runs::stale(&dir)?;
+    if stale.is_empty() {
+        Ok("none".into())
+    } else {
+        bail!("{} dead run(s) left files behind ({}); remove them with 'throttle cleanup'", stale.len(), stale.join(", "))
+    }
+}

@@ -1,0 +1,205 @@
+//! Starting the command inside the run's cgroup, forwarding signals to it,
+//! waiting for it, and dealing with what it leaves behind.
+
+use std::{
+    ffi::{OsStr, OsString},
+    io,
+    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
+    path::Path,
+    process::Command,
+    sync::{Arc, Mutex},
+    thread,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+use nix::{
+    errno::Errno,
+    sys::{
+        signal::{Signal, kill},
+        wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid},
+    },
+    unistd::{Pid, getpid},
+};
+use signal_hook::{
+    consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2, SIGWINCH},
+    iterator::{
+        SignalsInfo,
+        exfiltrator::{WithOrigin, origin::Origin},
+    },
+    low_level::siginfo::Cause,
+};
+
+use crate::cgroup::{self, RunCgroup};
+
+/// Signals the wrapper passes on to the command.
+pub const FORWARDED: [i32; 7] = [SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH];
+
+/// Exit statuses for a command that never ran, as env, nice and timeout use them.
+pub const EXIT_NOT_EXECUTABLE: i32 = 126;
+pub const EXIT_NOT_FOUND: i32 = 127;
+
+/// What to do with processes the command leaves in the cgroup.
+pub struct Leftovers {
+    pub kill_after: Duration,
+    pub wait_all: bool,
+}
+
+/// Handlers for the forwarded signals, installed before anything is created
+/// so that a signal arriving during set-up is held and passed on to the
+/// command once it exists rather than killing the wrapper half-way.
+pub struct Forwarding {
+    signals: SignalsInfo<WithOrigin>,
+}
+
+impl Forwarding {
+    pub fn install() -> Result<Forwarding> {
+        let signals = SignalsInfo::<WithOrigin>::new(FORWARDED).context("installing signal handlers")?;
+        Ok(Forwarding { signals })
+    }
+}
+
+/// Runs `command` inside `cgroup` and returns the exit status the wrapper
+/// should mirror.
+pub fn run(
+    command: &[OsString],
+    env: &[(&str, &OsStr)],
+    cgroup: &RunCgroup,
+    forwarding: Forwarding,
+    leftovers: &Leftovers,
+) -> Result<i32> {
+    let procs = cgroup.open_procs()?;
+    let procs_fd = procs.as_raw_fd();
+    let wrapper = getpid();
+    let mut cmd = Command::new(&command[0]);
+    cmd.args(&command[1..]).envs(env.iter().copied());
+    // SAFETY: the closure runs between fork and exec and only makes
+    // async-signal-safe system calls.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Join the run's cgroup before exec, so the command's first
+            // instruction, and so its first socket, are already inside it.
+            if libc::write(procs_fd, b"0".as_ptr().cast(), 1) != 1 {
+                return Err(io::Error::last_os_error());
+            }
+            // If the wrapper is SIGKILLed, its bpf_links close and the
+            // command would run on unthrottled: take it down too. The death
+            // signal is tied to the thread that forked, which is the
+            // wrapper's main thread, alive until the end.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::getppid() != wrapper.as_raw() {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+    let child = match cmd.spawn() {
+        Ok(child) => Pid::from_raw(child.id() as i32),
+        Err(e) => return Ok(exec_failure(&command[0], &e)),
+    };
+    drop(procs);
+
+    let exited = Arc::new(Mutex::new(false));
+    let handle = forwarding.signals.handle();
+    let forwarder = {
+        let exited = Arc::clone(&exited);
+        let cgroup = cgroup.path().to_path_buf();
+        let mut signals = forwarding.signals;
+        thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || forward(&mut signals, child, &exited, &cgroup))
+            .context("starting the signal forwarding thread")?
+    };
+
+    let status = wait(child, &exited);
+    let result = status.and_then(|code| {
+        deal_with_leftovers(cgroup.path(), leftovers)?;
+        Ok(code)
+    });
+    handle.close();
+    let _ = forwarder.join();
+    result
+}
+
+fn exec_failure(program: &OsStr, error: &io::Error) -> i32 {
+    let program = program.to_string_lossy();
+    match error.kind() {
+        io::ErrorKind::NotFound => {
+            eprintln!("throttle: {program}: command not found");
+            EXIT_NOT_FOUND
+        }
+        _ => {
+            eprintln!("throttle: cannot run {program}: {error}");
+            EXIT_NOT_EXECUTABLE
+        }
+    }
+}
+
+/// Waits for the command to exit and returns its status as an exit code.
+///
+/// The child is reaped only after `exited` is set, under the same lock the
+/// forwarder takes, so a signal is never sent to a recycled pid.
+fn wait(child: Pid, exited: &Mutex<bool>) -> Result<i32> {
+    loop {
+        match waitid(Id::Pid(child), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {
+            Ok(_) => break,
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e).with_context(|| format!("waiting for the command (pid {child})")),
+        }
+    }
+    let mut exited = exited.lock().unwrap_or_else(|p| p.into_inner());
+    *exited = true;
+    let status = waitpid(child, None).with_context(|| format!("reaping the command (pid {child})"))?;
+    Ok(match status {
+        WaitStatus::Exited(_, code) => code,
+        WaitStatus::Signaled(_, signal, _) => 128 + signal as i32,
+        other => unreachable!("waitpid without WUNTRACED returned {other:?}"),
+    })
+}
+
+fn forward(signals: &mut SignalsInfo<WithOrigin>, child: Pid, exited: &Mutex<bool>, cgroup: &Path) {
+    for Origin { signal, cause, .. } in signals.forever() {
+        // A terminal's Ctrl-C, Ctrl-\ and resize are sent by the kernel to
+        // the whole foreground process group, the command included; passing
+        // them on would deliver them twice. Only signals someone sent to the
+        // wrapper itself (kill, timeout, a CI runner) are forwarded.
+        if !matches!(cause, Cause::Sent(_)) {
+            continue;
+        }
+        let Ok(signal) = Signal::try_from(signal) else {
+            continue;
+        };
+        let exited = exited.lock().unwrap_or_else(|p| p.into_inner());
+        let result = if *exited {
+            // The command is gone; its leftovers are what the user is waiting on.
+            cgroup::signal_all(cgroup, signal)
+        } else {
+            match kill(child, signal) {
+                Ok(()) | Err(Errno::ESRCH) => Ok(()),
+                Err(e) => Err(e.into()),
+            }
+        };
+        if let Err(e) = result {
+            eprintln!("throttle: forwarding {signal}: {e:#}");
+        }
+    }
+}
+
+/// Ends (or, with --wait-all, waits for) the processes the command left in
+/// the cgroup: SIGTERM, then SIGKILL after `kill_after`.
+fn deal_with_leftovers(cgroup: &Path, leftovers: &Leftovers) -> Result<()> {
+    if !cgroup::is_populated(cgroup)? {
+        return Ok(());
+    }
+    if leftovers.wait_all {
+        while !cgroup::wait_empty(cgroup, Duration::from_secs(3600))? {}
+        return Ok(());
+    }
+    cgroup::signal_all(cgroup, Signal::SIGTERM)?;
+    if !cgroup::wait_empty(cgroup, leftovers.kill_after)? {
+        cgroup::kill_all(cgroup, Duration::from_secs(5))?;
+    }
+    Ok(())
+}
