@@ -24,14 +24,19 @@ pub const NSEC_PER_SEC: u64 = 1_000_000_000;
 /// `(bytes % rate) * NSEC_PER_SEC` below `u64::MAX` in [`transmit_ns`].
 pub const MAX_RATE: u64 = 1 << 34;
 
-/// Smallest default bucket: one 64 KiB GSO packet plus headers.
-pub const MIN_DEFAULT_BURST: u64 = 64 * 1024;
+/// Smallest default bucket: four 64 KiB GSO packets, so a few large packets
+/// in flight do not empty it at once.
+pub const MIN_DEFAULT_BURST: u64 = 256 * 1024;
 
-/// The default bucket depth for `rate` bytes/s: 50 ms of traffic, and never
-/// less than one GSO packet, so a large packet does not wait for a bucket that
-/// can never hold it.
+/// The default bucket depth for `rate` bytes/s: 250 ms of traffic, and never
+/// less than [`MIN_DEFAULT_BURST`].
+///
+/// Measured over veth with TCP: a TCP sender that lost packets is silent for
+/// about one minimum retransmission timeout (200 ms) while it recovers. A
+/// bucket that covers that gap lets the flow catch up afterwards; with 50 ms
+/// buckets a 1 MiB/s download reached 0.35 of its limit, with 250 ms 0.98.
 pub fn default_burst(rate: u64) -> u64 {
-    let span = rate / 20;
+    let span = rate / 4;
     if span > MIN_DEFAULT_BURST {
         span
     } else {
@@ -255,10 +260,10 @@ mod tests {
     }
 
     #[test]
-    fn default_burst_covers_a_gso_packet_and_50ms() {
+    fn default_burst_covers_gso_packets_and_a_retransmission_timeout() {
         assert_eq!(default_burst(1024), MIN_DEFAULT_BURST);
         assert_eq!(default_burst(1024 * 1024), MIN_DEFAULT_BURST);
-        assert_eq!(default_burst(128 << 20), (128 << 20) / 20);
-        assert_eq!(default_burst(MAX_RATE), MAX_RATE / 20);
+        assert_eq!(default_burst(128 << 20), (128 << 20) / 4);
+        assert_eq!(default_burst(MAX_RATE), MAX_RATE / 4);
     }
 }

@@ -23,6 +23,7 @@ use aya_ebpf::{
 };
 use throttle_common::{
     Counters, DIRECTIONS, DOWN, Limit, UP,
+    packet::{IPPROTO_TCP, ip_header_len, layout, tcp_without_payload},
     policer::{Step, police},
 };
 
@@ -65,11 +66,16 @@ fn admit(ctx: &SkBuffContext, direction: u32) -> bool {
         return true;
     };
     let len = u64::from(ctx.len());
+    let exempt = is_tcp_control(ctx);
     // SAFETY: `clock` and `counters` point into map values that live as long
     // as the program; the helper has no preconditions.
     unsafe {
         let now = bpf_ktime_get_ns();
-        let step = police(core::ptr::read_volatile(clock), now, len, limit);
+        let step = if exempt {
+            Step::Unlimited
+        } else {
+            police(core::ptr::read_volatile(clock), now, len, limit)
+        };
         match step {
             // Only after an idle gap; a racing CPU's packet may be forgotten, which
             // errs by one packet and only when the flow was under its limit.
@@ -91,6 +97,28 @@ fn admit(ctx: &SkBuffContext, direction: u32) -> bool {
         }
         step.passes()
     }
+}
+
+/// Whether the packet is a TCP segment without payload (see
+/// `throttle_common::packet`). Anything unreadable is policed as data.
+#[inline(always)]
+fn is_tcp_control(ctx: &SkBuffContext) -> bool {
+    let Ok(first) = ctx.load::<u8>(0) else {
+        return false;
+    };
+    let Some(layout) = layout(first) else {
+        return false;
+    };
+    if ctx.load::<u8>(layout.protocol_at) != Ok(IPPROTO_TCP) {
+        return false;
+    }
+    let (Ok(length), Ok(data_offset)) = (
+        ctx.load::<u16>(layout.length_at),
+        ctx.load::<u8>(ip_header_len(first) as usize + 12),
+    ) else {
+        return false;
+    };
+    tcp_without_payload(first, u16::from_be(length), data_offset)
 }
 
 #[cfg(not(test))]

@@ -1,1 +1,6 @@
+//! Integration tests: the real `throttle` binary against the real kernel,
+//! with traffic between the host and a network namespace each test creates.
 
+mod harness;
+mod lifecycle;
+mod rates;
