@@ -2,5 +2,7 @@
 //! with traffic between the host and a network namespace each test creates.
 
 mod harness;
+#[path = "../../xtask/src/netlab.rs"]
+mod netlab;
 mod lifecycle;
 mod rates;

@@ -1,1 +1,128 @@
-fn main(){}
+//! Build chores: `cargo xtask completions`, `cargo xtask man`, and
+//! `cargo xtask demo`, the README's first command.
+//!
+//! The CLI definition is compiled in from the binary's own source, so the
+//! generated files can never describe a different command line.
+
+// Only the definition is used here, not the parsed values.
+#[allow(dead_code)]
+#[path = "../../src/cli.rs"]
+mod cli;
+mod demo;
+mod netlab;
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{CommandFactory as _, Parser, Subcommand};
+use clap_complete::Shell;
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Xtask {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Regenerate the shell completions checked in under completions/
+    Completions {
+        /// Only check that the checked-in files are current
+        #[arg(long)]
+        check: bool,
+    },
+    /// Write the man page to target/man/throttle.1
+    Man,
+    /// Download from a local server through `throttle --down 1M` and show the achieved rate (needs root)
+    Demo,
+}
+
+/// Each shell's completion file, named as the shell looks for it.
+const SHELLS: [(Shell, &str); 4] = [
+    (Shell::Bash, "throttle.bash"),
+    (Shell::Zsh, "_throttle"),
+    (Shell::Fish, "throttle.fish"),
+    (Shell::Elvish, "throttle.elv"),
+];
+
+fn main() -> Result<()> {
+    let root = workspace_root();
+    match Xtask::parse().task {
+        Task::Completions { check: false } => write_completions(&root.join("completions")),
+        Task::Completions { check: true } => check_completions(&root.join("completions")),
+        Task::Man => write_man(&root.join("target/man")),
+        Task::Demo => demo::run(&root),
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+fn completion(shell: Shell) -> Vec<u8> {
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut cli::Cli::command(), "throttle", &mut out);
+    out
+}
+
+fn write_completions(dir: &Path) -> Result<()> {
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for (shell, file) in SHELLS {
+        let path = dir.join(file);
+        fs::write(&path, completion(shell)).with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// The files in `dir` that differ from what the current CLI generates.
+fn stale_completions(dir: &Path) -> Vec<PathBuf> {
+    SHELLS
+        .iter()
+        .map(|(shell, file)| (dir.join(file), completion(*shell)))
+        .filter(|(path, fresh)| fs::read(path).ok().as_ref() != Some(fresh))
+        .map(|(path, _)| path)
+        .collect()
+}
+
+fn check_completions(dir: &Path) -> Result<()> {
+    let stale = stale_completions(dir);
+    if !stale.is_empty() {
+        let names: Vec<String> = stale.iter().map(|p| p.display().to_string()).collect();
+        bail!("stale completions: {}; run 'cargo xtask completions'", names.join(", "));
+    }
+    println!("completions are current");
+    Ok(())
+}
+
+fn write_man(dir: &Path) -> Result<()> {
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join("throttle.1");
+    let mut out = Vec::new();
+    clap_mangen::Man::new(cli::Cli::command()).render(&mut out).context("rendering the man page")?;
+    fs::write(&path, out).with_context(|| format!("writing {}", path.display()))?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checked_in_completions_are_current() {
+        let stale = stale_completions(&workspace_root().join("completions"));
+        assert!(stale.is_empty(), "stale completions {stale:?}: run 'cargo xtask completions' and commit the result");
+    }
+
+    #[test]
+    fn the_man_page_renders() {
+        let mut out = Vec::new();
+        clap_mangen::Man::new(cli::Cli::command()).render(&mut out).unwrap();
+        assert!(String::from_utf8(out).unwrap().contains("kill\\-after"));
+    }
+}

@@ -1,0 +1,64 @@
+
+use builtin;
+use str;
+
+set edit:completion:arg-completer[throttle] = {|@words|
+    fn spaces {|n|
+        builtin:repeat $n ' ' | str:join ''
+    }
+    fn cand {|text desc|
+        edit:complex-candidate $text &display=$text' '(spaces (- 14 (wcswidth $text)))$desc
+    }
+    var command = 'throttle'
+    for word $words[1..-1] {
+        if (str:has-prefix $word '-') {
+            break
+        }
+        set command = $command';'$word
+    }
+    var completions = [
+        &'throttle'= {
+            cand --down 'Limit the download (ingress) rate; unlimited if omitted'
+            cand --up 'Limit the upload (egress) rate; unlimited if omitted'
+            cand --burst 'Bucket depth: how far a burst may run ahead of the rate [default: 250 ms of the rate, at least 256K]'
+            cand --name 'Name of the run, for ''throttle list/set/stats'' [default: COMMAND-PID]'
+            cand --kill-after 'After COMMAND exits, how long processes it left behind get between SIGTERM and SIGKILL'
+            cand --wait-all 'After COMMAND exits, wait for the processes it left behind (still throttled) instead of killing them'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
+            cand doctor 'Check this machine for everything throttle needs, and say how to fix what is missing'
+            cand cleanup 'Remove what runs killed with SIGKILL left behind (cgroups, lock files); live runs are never touched'
+            cand completions 'Print shell completions to stdout'
+            cand help 'Print this message or the help of the given subcommand(s)'
+        }
+        &'throttle;doctor'= {
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'throttle;cleanup'= {
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'throttle;completions'= {
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'throttle;help'= {
+            cand doctor 'Check this machine for everything throttle needs, and say how to fix what is missing'
+            cand cleanup 'Remove what runs killed with SIGKILL left behind (cgroups, lock files); live runs are never touched'
+            cand completions 'Print shell completions to stdout'
+            cand help 'Print this message or the help of the given subcommand(s)'
+        }
+        &'throttle;help;doctor'= {
+        }
+        &'throttle;help;cleanup'= {
+        }
+        &'throttle;help;completions'= {
+        }
+        &'throttle;help;help'= {
+        }
+    ]
+    $completions[$command]
+}

@@ -1,0 +1,45 @@
+# Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
+function __fish_throttle_global_optspecs
+    string join \n down= up= burst= name= kill-after= wait-all h/help V/version
+end
+
+function __fish_throttle_needs_command
+    # Figure out if the current invocation already has a command.
+    set -l cmd (commandline -opc)
+    set -e cmd[1]
+    argparse -s (__fish_throttle_global_optspecs) -- $cmd 2>/dev/null
+    or return
+    if set -q argv[1]
+        # Also print the command, so this can be used to figure out what it is.
+        echo $argv[1]
+        return 1
+    end
+    return 0
+end
+
+function __fish_throttle_using_subcommand
+    set -l cmd (__fish_throttle_needs_command)
+    test -z "$cmd"
+    and return 1
+    contains -- $cmd[1] $argv
+end
+
+complete -c throttle -n "__fish_throttle_needs_command" -l down -d 'Limit the download (ingress) rate; unlimited if omitted' -r
+complete -c throttle -n "__fish_throttle_needs_command" -l up -d 'Limit the upload (egress) rate; unlimited if omitted' -r
+complete -c throttle -n "__fish_throttle_needs_command" -l burst -d 'Bucket depth: how far a burst may run ahead of the rate [default: 250 ms of the rate, at least 256K]' -r
+complete -c throttle -n "__fish_throttle_needs_command" -l name -d 'Name of the run, for \'throttle list/set/stats\' [default: COMMAND-PID]' -r
+complete -c throttle -n "__fish_throttle_needs_command" -l kill-after -d 'After COMMAND exits, how long processes it left behind get between SIGTERM and SIGKILL' -r
+complete -c throttle -n "__fish_throttle_needs_command" -l wait-all -d 'After COMMAND exits, wait for the processes it left behind (still throttled) instead of killing them'
+complete -c throttle -n "__fish_throttle_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c throttle -n "__fish_throttle_needs_command" -s V -l version -d 'Print version'
+complete -c throttle -n "__fish_throttle_needs_command" -a "doctor" -d 'Check this machine for everything throttle needs, and say how to fix what is missing'
+complete -c throttle -n "__fish_throttle_needs_command" -a "cleanup" -d 'Remove what runs killed with SIGKILL left behind (cgroups, lock files); live runs are never touched'
+complete -c throttle -n "__fish_throttle_needs_command" -a "completions" -d 'Print shell completions to stdout'
+complete -c throttle -n "__fish_throttle_needs_command" -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c throttle -n "__fish_throttle_using_subcommand doctor" -s h -l help -d 'Print help'
+complete -c throttle -n "__fish_throttle_using_subcommand cleanup" -s h -l help -d 'Print help'
+complete -c throttle -n "__fish_throttle_using_subcommand completions" -s h -l help -d 'Print help'
+complete -c throttle -n "__fish_throttle_using_subcommand help; and not __fish_seen_subcommand_from doctor cleanup completions help" -f -a "doctor" -d 'Check this machine for everything throttle needs, and say how to fix what is missing'
+complete -c throttle -n "__fish_throttle_using_subcommand help; and not __fish_seen_subcommand_from doctor cleanup completions help" -f -a "cleanup" -d 'Remove what runs killed with SIGKILL left behind (cgroups, lock files); live runs are never touched'
+complete -c throttle -n "__fish_throttle_using_subcommand help; and not __fish_seen_subcommand_from doctor cleanup completions help" -f -a "completions" -d 'Print shell completions to stdout'
+complete -c throttle -n "__fish_throttle_using_subcommand help; and not __fish_seen_subcommand_from doctor cleanup completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

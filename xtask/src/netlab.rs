@@ -1,0 +1,217 @@
+//! A small network laboratory shared by the integration tests, the demo and
+//! the benchmark: a network namespace joined to the host by a veth pair, an
+//! HTTP server inside it, and timing of the bytes a transfer delivers.
+//!
+//! It only ever uses addresses of the namespace and veth pair it creates.
+
+use std::{
+    fs,
+    io::{BufRead as _, BufReader, Read, Write as _},
+    net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream},
+    path::PathBuf,
+    process::{Child, Command, Output, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU32, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+pub const MIB: u64 = 1 << 20;
+
+pub fn run_ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("running ip (iproute2; see scripts/setup.sh)");
+    assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+}
+
+/// A network namespace joined to the host by a veth pair (MTU 1500), with
+/// the host side at 10.213.N.1 and the namespace side at 10.213.N.2.
+pub struct Netns {
+    pub name: String,
+    pub peer: Ipv4Addr,
+}
+
+impl Netns {
+    pub fn new() -> Netns {
+        static NEXT: AtomicU32 = AtomicU32::new(1);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        let name = format!("thr-lab-{pid}-{n}");
+        let (host_if, ns_if) = (format!("t{pid}h{n}"), format!("t{pid}n{n}"));
+        let (host, peer) = (format!("10.213.{n}.1"), Ipv4Addr::new(10, 213, n as u8, 2));
+        run_ip(&["netns", "add", &name]);
+        let netns = Netns { name, peer };
+        run_ip(&["link", "add", &host_if, "type", "veth", "peer", "name", &ns_if]);
+        run_ip(&["link", "set", &ns_if, "netns", &netns.name]);
+        run_ip(&["addr", "add", &format!("{host}/30"), "dev", &host_if]);
+        run_ip(&["link", "set", &host_if, "up"]);
+        run_ip(&["-n", &netns.name, "addr", "add", &format!("{peer}/30"), "dev", &ns_if]);
+        run_ip(&["-n", &netns.name, "link", "set", &ns_if, "up"]);
+        run_ip(&["-n", &netns.name, "link", "set", "lo", "up"]);
+        netns
+    }
+
+    /// Starts the test's HTTP server inside the namespace.
+    pub fn serve(&self) -> Server {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = PathBuf::from("/run/netns").join(&self.name);
+        let peer = self.peer;
+        let uploads = Arc::new(Mutex::new(Vec::new()));
+        let recorded = Arc::clone(&uploads);
+        thread::spawn(move || {
+            // setns moves only this thread; sockets it creates live in the namespace.
+            let ns = fs::File::open(&path).expect("opening the namespace");
+            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("entering the namespace");
+            let listener = TcpListener::bind(SocketAddrV4::new(peer, 0)).expect("binding the server");
+            tx.send(listener.local_addr().unwrap().port()).unwrap();
+            for stream in listener.incoming().flatten() {
+                let recorded = Arc::clone(&recorded);
+                thread::spawn(move || serve_one(stream, &recorded));
+            }
+        });
+        let port = rx.recv_timeout(Duration::from_secs(5)).expect("server did not start");
+        Server {
+            url: format!("http://{}:{port}", self.peer),
+            uploads,
+        }
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Deleting the namespace deletes the veth pair with it.
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// The server's address and what it recorded of uploads.
+pub struct Server {
+    pub url: String,
+    uploads: Arc<Mutex<Vec<Samples>>>,
+}
+
+impl Server {
+    /// Samples of the most recent upload, once it has completed.
+    pub fn last_upload(&self) -> Samples {
+        self.uploads.lock().unwrap().last().cloned().expect("no upload reached the server")
+    }
+}
+
+/// `GET /BYTES` answers with BYTES zero bytes; `PUT` reads the body and
+/// records when its bytes arrived. Anything else is a 400.
+fn serve_one(mut stream: TcpStream, uploads: &Mutex<Vec<Samples>>) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut request = String::new();
+    if reader.read_line(&mut request).is_err() {
+        return;
+    }
+    let mut length = 0u64;
+    loop {
+        let mut header = String::new();
+        if reader.read_line(&mut header).unwrap_or(0) == 0 || header.trim().is_empty() {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':')
+            && name.eq_ignore_ascii_case("content-length")
+        {
+            length = value.trim().parse().unwrap_or(0);
+        }
+    }
+    let mut words = request.split_whitespace();
+    match (words.next(), words.next()) {
+        (Some("GET"), Some(path)) => {
+            let Ok(bytes) = path.trim_start_matches('/').parse::<u64>() else {
+                let _ = stream.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+                return;
+            };
+            let _ = write!(stream, "HTTP/1.1 200 OK\r\nContent-Length: {bytes}\r\nConnection: close\r\n\r\n");
+            let chunk = vec![0u8; 64 * 1024];
+            let mut left = bytes;
+            while left > 0 {
+                let n = left.min(chunk.len() as u64) as usize;
+                if stream.write_all(&chunk[..n]).is_err() {
+                    return;
+                }
+                left -= n as u64;
+            }
+        }
+        (Some("PUT"), Some(_)) => {
+            let samples = Samples::record(&mut reader.take(length));
+            uploads.lock().unwrap().push(samples);
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+        _ => {
+            let _ = stream.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+        }
+    }
+}
+
+/// When bytes arrived: (time since the first byte, total bytes so far).
+#[derive(Clone, Debug, Default)]
+pub struct Samples(Vec<(Duration, u64)>);
+
+impl Samples {
+    /// Reads `source` to its end, noting the time of every read.
+    pub fn record(source: &mut impl Read) -> Samples {
+        let mut samples = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut total = 0u64;
+        let mut first = None;
+        loop {
+            match source.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let first = *first.get_or_insert_with(Instant::now);
+                    total += n as u64;
+                    samples.push((first.elapsed(), total));
+                }
+            }
+        }
+        Samples(samples)
+    }
+
+    pub fn total(&self) -> u64 {
+        self.0.last().map_or(0, |s| s.1)
+    }
+
+    /// Bytes per second from `skip` after the first byte to the last byte,
+    /// leaving out the bucket's initial burst. Asserts the window is at
+    /// least `min_window` long.
+    pub fn steady_rate(&self, skip: Duration, min_window: Duration) -> f64 {
+        let start = self.0.iter().find(|s| s.0 >= skip).expect("transfer shorter than the skipped start");
+        let end = self.0.last().unwrap();
+        let window = end.0 - start.0;
+        assert!(window >= min_window, "measured over {window:?}, less than {min_window:?}");
+        (end.1 - start.1) as f64 / window.as_secs_f64()
+    }
+
+    /// Bytes per second over the whole transfer.
+    pub fn overall_rate(&self) -> f64 {
+        let end = self.0.last().expect("nothing transferred");
+        end.1 as f64 / end.0.as_secs_f64().max(1e-6)
+    }
+}
+
+/// Runs `cmd`, measuring what it writes to stdout (the download piped out of curl).
+pub fn measure_stdout(cmd: &mut Command, timeout: Duration) -> (Samples, Output) {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("starting throttle");
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = thread::spawn(move || Samples::record(&mut stdout));
+    let output = wait_with_timeout(child, timeout);
+    (reader.join().unwrap(), output)
+}
+
+/// Waits for `child`, killing it (and failing the test) if it outlives `timeout`.
+pub fn wait_with_timeout(mut child: Child, timeout: Duration) -> Output {
+    let deadline = Instant::now() + timeout;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("a command ran longer than {timeout:?}");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
