@@ -47,7 +47,7 @@ _throttle() {
 
     case "${cmd}" in
         throttle)
-            opts="-h -V --down --up --burst --name --kill-after --wait-all --help --version doctor cleanup completions help"
+            opts="-h -V --down --up --burst --name --kill-after --wait-all --summary --help --version doctor cleanup completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -24,6 +24,7 @@ set edit:completion:arg-completer[throttle] = {|@words|
             cand --name 'Name of the run, for ''throttle list/set/stats'' [default: COMMAND-PID]'
             cand --kill-after 'After COMMAND exits, how long processes it left behind get between SIGTERM and SIGKILL'
             cand --wait-all 'After COMMAND exits, wait for the processes it left behind (still throttled) instead of killing them'
+            cand --summary 'At exit, print one line on stderr: bytes, duration, average rates and drops per direction'
             cand -h 'Print help (see more with ''--help'')'
             cand --help 'Print help (see more with ''--help'')'
             cand -V 'Print version'

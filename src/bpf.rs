@@ -49,7 +49,11 @@ impl Programs {
     /// maps, and attaches both to the cgroup open at `cgroup_dir`.
     ///
     /// Limits are written before attaching, so the first packet already sees them.
-    pub fn attach(cgroup_dir: BorrowedFd<'_>, cgroup: &Path, limits: [Limit; 2]) -> Result<Programs> {
+    pub fn attach(
+        cgroup_dir: BorrowedFd<'_>,
+        cgroup: &Path,
+        limits: [Limit; 2],
+    ) -> Result<Programs> {
         let ebpf = Ebpf::load(OBJECT).map_err(|e| anyhow!(e)).context(
             "could not load the eBPF object (needs CAP_BPF and CAP_NET_ADMIN; see 'throttle doctor')",
         )?;
@@ -77,10 +81,14 @@ impl Programs {
             .with_context(|| format!("the eBPF object has no program {name}"))?
             .try_into()
             .with_context(|| format!("{name} is not a cgroup_skb program"))?;
-        program.load().map_err(explain_load).with_context(|| {
-            format!("the kernel refused to load the cgroup_skb program {name}")
-        })?;
-        let prog_id = program.info().context("reading the loaded program's id")?.id();
+        program
+            .load()
+            .map_err(explain_load)
+            .with_context(|| format!("the kernel refused to load the cgroup_skb program {name}"))?;
+        let prog_id = program
+            .info()
+            .context("reading the loaded program's id")?
+            .id();
         // The default mode: a cgroup bpf_link already coexists with other
         // programs, and AllowMultiple is refused with EINVAL on some kernels.
         let link = program
@@ -104,7 +112,9 @@ impl Programs {
     /// Replaces a direction's limit; the programs read it on the next packet.
     pub fn set_limit(&mut self, direction: u32, limit: Limit) -> Result<()> {
         let mut limits: Array<_, Limit> = Array::try_from(
-            self.ebpf.map_mut(MAP_LIMITS).context("the eBPF object has no LIMITS map")?,
+            self.ebpf
+                .map_mut(MAP_LIMITS)
+                .context("the eBPF object has no LIMITS map")?,
         )?;
         limits
             .set(direction, limit, 0)
@@ -114,7 +124,9 @@ impl Programs {
     /// The counters of both directions, summed over CPUs.
     pub fn counters(&self) -> Result<[Counters; DIRECTIONS as usize]> {
         let map: PerCpuArray<_, Counters> = PerCpuArray::try_from(
-            self.ebpf.map(MAP_COUNTERS).context("the eBPF object has no COUNTERS map")?,
+            self.ebpf
+                .map(MAP_COUNTERS)
+                .context("the eBPF object has no COUNTERS map")?,
         )?;
         let mut totals = [Counters::default(); DIRECTIONS as usize];
         for (direction, total) in (0..DIRECTIONS).zip(totals.iter_mut()) {
@@ -134,11 +146,20 @@ impl Programs {
                 .program_mut(attachment.program)
                 .with_context(|| format!("the eBPF object has no program {}", attachment.program))?
                 .try_into()?;
-            program.detach(attachment.link).map_err(|e| anyhow!(e)).with_context(|| {
-                format!("detaching {} from {}", attachment.program, self.cgroup.display())
-            })?;
-            let still = attached_program_ids(cgroup_dir, attachment.attach_type)
-                .with_context(|| format!("querying programs attached to {}", self.cgroup.display()))?;
+            program
+                .detach(attachment.link)
+                .map_err(|e| anyhow!(e))
+                .with_context(|| {
+                    format!(
+                        "detaching {} from {}",
+                        attachment.program,
+                        self.cgroup.display()
+                    )
+                })?;
+            let still =
+                attached_program_ids(cgroup_dir, attachment.attach_type).with_context(|| {
+                    format!("querying programs attached to {}", self.cgroup.display())
+                })?;
             if still.contains(&attachment.prog_id) {
                 bail!(
                     "{} (id {}) is still attached to {} after detaching it",
@@ -161,7 +182,12 @@ fn explain_load(error: ProgramError) -> anyhow::Error {
             verifier_log,
         } => {
             let log = verifier_log.to_string();
-            let tail: Vec<&str> = log.lines().rev().filter(|l| !l.trim().is_empty()).take(3).collect();
+            let tail: Vec<&str> = log
+                .lines()
+                .rev()
+                .filter(|l| !l.trim().is_empty())
+                .take(3)
+                .collect();
             let tail: Vec<&str> = tail.into_iter().rev().collect();
             if tail.is_empty() {
                 anyhow!("{io_error}")
@@ -175,7 +201,10 @@ fn explain_load(error: ProgramError) -> anyhow::Error {
 
 /// Ids of the programs attached directly to a cgroup for one attach type,
 /// from BPF_PROG_QUERY (aya offers no query for cgroup_skb).
-pub fn attached_program_ids(cgroup_dir: BorrowedFd<'_>, attach_type: CgroupSkbAttachType) -> io::Result<Vec<u32>> {
+pub fn attached_program_ids(
+    cgroup_dir: BorrowedFd<'_>,
+    attach_type: CgroupSkbAttachType,
+) -> io::Result<Vec<u32>> {
     // The BPF_PROG_QUERY member of union bpf_attr (include/uapi/linux/bpf.h).
     #[repr(C)]
     #[derive(Default)]

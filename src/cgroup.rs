@@ -23,7 +23,8 @@ pub const RUNS_DIR: &str = "throttle";
 /// Finds the cgroup2 mount point in /proc/self/mountinfo: /sys/fs/cgroup on
 /// a pure v2 system, /sys/fs/cgroup/unified on a hybrid one.
 pub fn find_mount() -> Result<PathBuf> {
-    let text = fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    let text =
+        fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
     parse_mountinfo(&text).context(
         "cgroup v2 is not mounted (no cgroup2 line in /proc/self/mountinfo); \
          mount it with: mount -t cgroup2 none /sys/fs/cgroup/unified",
@@ -48,7 +49,9 @@ fn unescape(field: &str) -> String {
     let mut rest = field;
     while let Some(pos) = rest.find('\\') {
         out.push_str(&rest[..pos]);
-        let code = rest.get(pos + 1..pos + 4).and_then(|o| u8::from_str_radix(o, 8).ok());
+        let code = rest
+            .get(pos + 1..pos + 4)
+            .and_then(|o| u8::from_str_radix(o, 8).ok());
         match code {
             Some(byte) => {
                 out.push(char::from(byte));
@@ -103,7 +106,9 @@ impl RunCgroup {
         if let Err(e) = fs::create_dir(path) {
             let hint = match e.kind() {
                 io::ErrorKind::PermissionDenied => " (run throttle as root; see 'throttle doctor')",
-                io::ErrorKind::AlreadyExists => " (another run uses this name; pick one with --name)",
+                io::ErrorKind::AlreadyExists => {
+                    " (another run uses this name; pick one with --name)"
+                }
                 _ => "",
             };
             return Err(e).with_context(|| format!("creating cgroup {}{hint}", path.display()));
@@ -159,15 +164,21 @@ const POLL: Duration = Duration::from_millis(10);
 /// Whether any process is in the cgroup or its descendants.
 pub fn is_populated(path: &Path) -> Result<bool> {
     let events = path.join("cgroup.events");
-    let text = fs::read_to_string(&events).with_context(|| format!("reading {}", events.display()))?;
+    let text =
+        fs::read_to_string(&events).with_context(|| format!("reading {}", events.display()))?;
     Ok(text.lines().any(|line| line == "populated 1"))
 }
 
 /// Pids of the processes directly in the cgroup.
 pub fn pids(path: &Path) -> Result<Vec<Pid>> {
     let procs = path.join("cgroup.procs");
-    let text = fs::read_to_string(&procs).with_context(|| format!("reading {}", procs.display()))?;
-    Ok(text.lines().filter_map(|l| l.trim().parse().ok()).map(Pid::from_raw).collect())
+    let text =
+        fs::read_to_string(&procs).with_context(|| format!("reading {}", procs.display()))?;
+    Ok(text
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .map(Pid::from_raw)
+        .collect())
 }
 
 /// Sends `signal` to every process in the cgroup and its descendants.
@@ -208,7 +219,10 @@ pub fn kill_all(path: &Path, timeout: Duration) -> Result<()> {
         signal_all(path, Signal::SIGKILL)?;
     }
     if !wait_empty(path, timeout)? {
-        bail!("processes in {} survived SIGKILL for {timeout:?}", path.display());
+        bail!(
+            "processes in {} survived SIGKILL for {timeout:?}",
+            path.display()
+        );
     }
     Ok(())
 }
@@ -272,7 +286,10 @@ mod tests {
 
     #[test]
     fn finds_the_unified_mount_on_hybrid_systems() {
-        assert_eq!(parse_mountinfo(HYBRID), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        assert_eq!(
+            parse_mountinfo(HYBRID),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
     }
 
     #[test]
@@ -282,14 +299,20 @@ mod tests {
 
     #[test]
     fn no_cgroup2_line_means_none() {
-        assert_eq!(parse_mountinfo("31 23 0:28 / /sys/fs/cgroup rw - tmpfs tmpfs rw\n"), None);
+        assert_eq!(
+            parse_mountinfo("31 23 0:28 / /sys/fs/cgroup rw - tmpfs tmpfs rw\n"),
+            None
+        );
         assert_eq!(parse_mountinfo(""), None);
     }
 
     #[test]
     fn escaped_mount_points_are_decoded() {
         let line = "50 1 0:40 / /mnt/my\\040cgroups rw - cgroup2 none rw\n";
-        assert_eq!(parse_mountinfo(line), Some(PathBuf::from("/mnt/my cgroups")));
+        assert_eq!(
+            parse_mountinfo(line),
+            Some(PathBuf::from("/mnt/my cgroups"))
+        );
         assert_eq!(unescape("a\\134b"), "a\\b");
         assert_eq!(unescape("trailing\\"), "trailing\\");
     }

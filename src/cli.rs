@@ -79,6 +79,10 @@ pub struct RunArgs {
     #[arg(long)]
     pub wait_all: bool,
 
+    /// At exit, print one line on stderr: bytes, duration, average rates and drops per direction
+    #[arg(long)]
+    pub summary: bool,
+
     /// The command to run, with its arguments
     #[arg(
         value_name = "COMMAND",
@@ -121,7 +125,9 @@ pub fn run_name(text: &str) -> Result<String, String> {
     let valid = !text.is_empty()
         && text.len() <= MAX_NAME_LEN
         && text.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && text.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
         && !text.chars().all(|c| c.is_ascii_digit());
     if valid {
         Ok(text.to_string())
@@ -203,7 +209,10 @@ mod tests {
 
     #[test]
     fn burst_takes_a_size() {
-        assert_eq!(parse(&["--burst", "256K", "true"]).unwrap().run.burst, Some(256 << 10));
+        assert_eq!(
+            parse(&["--burst", "256K", "true"]).unwrap().run.burst,
+            Some(256 << 10)
+        );
         assert!(parse(&["--burst", "1mbit", "true"]).is_err());
     }
 
@@ -213,15 +222,30 @@ mod tests {
             assert_eq!(run_name(good).as_deref(), Ok(good));
         }
         let long = "x".repeat(MAX_NAME_LEN + 1);
-        for bad in ["", "1234", "-x", ".hidden", "a/b", "a b", "ü", long.as_str()] {
+        for bad in [
+            "",
+            "1234",
+            "-x",
+            ".hidden",
+            "a/b",
+            "a b",
+            "ü",
+            long.as_str(),
+        ] {
             assert!(run_name(bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn subcommands() {
-        assert!(matches!(parse(&["doctor"]).unwrap().action, Some(Action::Doctor)));
-        assert!(matches!(parse(&["cleanup"]).unwrap().action, Some(Action::Cleanup)));
+        assert!(matches!(
+            parse(&["doctor"]).unwrap().action,
+            Some(Action::Doctor)
+        ));
+        assert!(matches!(
+            parse(&["cleanup"]).unwrap().action,
+            Some(Action::Cleanup)
+        ));
         assert!(matches!(
             parse(&["completions", "zsh"]).unwrap().action,
             Some(Action::Completions { shell: Shell::Zsh })

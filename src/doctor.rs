@@ -36,19 +36,32 @@ pub fn run() -> Result<ExitCode> {
         let result = if privileges::holds(requirement) {
             Ok(format!("held ({})", requirement.why))
         } else {
-            Err(anyhow::anyhow!("missing, needed {}; {}", requirement.why, privileges::FIX))
+            Err(anyhow::anyhow!(
+                "missing, needed {}; {}",
+                requirement.why,
+                privileges::FIX
+            ))
         };
         report.check(&format!("capability {name}"), result);
     }
     let mount = cgroup::find_mount();
-    report.check("cgroup2", mount.as_ref().map(|m| format!("mounted at {}", m.display())).map_err(|e| anyhow::anyhow!("{e:#}")));
+    report.check(
+        "cgroup2",
+        mount
+            .as_ref()
+            .map(|m| format!("mounted at {}", m.display()))
+            .map_err(|e| anyhow::anyhow!("{e:#}")),
+    );
     if let Ok(mount) = &mount {
         report.check("run cgroups", run_parent(mount));
         report.check("cgroup.kill", cgroup_kill(mount));
         report.check("eBPF programs", load_and_attach(mount));
         report.check("stale runs", stale_runs());
     }
-    report.check("runtime directory", Ok(runs::runtime_dir().display().to_string()));
+    report.check(
+        "runtime directory",
+        Ok(runs::runtime_dir().display().to_string()),
+    );
     if report.failures == 0 {
         println!("throttle is ready to run");
         Ok(ExitCode::SUCCESS)
@@ -59,9 +72,12 @@ pub fn run() -> Result<ExitCode> {
 }
 
 fn kernel() -> Result<String> {
-    let release = fs::read_to_string("/proc/sys/kernel/osrelease").context("reading /proc/sys/kernel/osrelease")?;
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease")
+        .context("reading /proc/sys/kernel/osrelease")?;
     let release = release.trim();
-    let mut numbers = release.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse::<u32>().ok());
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse::<u32>().ok());
     let version = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
     if version < (5, 7) {
         bail!("Linux {release} is too old: cgroup bpf_link needs 5.7 or later");
@@ -86,7 +102,9 @@ fn cgroup_kill(mount: &Path) -> Result<String> {
         .find(|p| p.is_dir());
     match probe {
         Some(dir) if dir.join("cgroup.kill").exists() => Ok("available".into()),
-        Some(_) => Ok("not available (Linux < 5.14); leftovers are killed one pid at a time".into()),
+        Some(_) => {
+            Ok("not available (Linux < 5.14); leftovers are killed one pid at a time".into())
+        }
         None => Ok("no child cgroup to probe yet".into()),
     }
 }
@@ -109,6 +127,10 @@ fn stale_runs() -> Result<String> {
     if stale.is_empty() {
         Ok("none".into())
     } else {
-        bail!("{} dead run(s) left files behind ({}); remove them with 'throttle cleanup'", stale.len(), stale.join(", "))
+        bail!(
+            "{} dead run(s) left files behind ({}); remove them with 'throttle cleanup'",
+            stale.len(),
+            stale.join(", ")
+        )
     }
 }

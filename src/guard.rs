@@ -97,7 +97,13 @@ fn watch(pipe: OwnedFd, cleanup: &Cleanup, keep: &[i32]) -> ! {
     // Out of the wrapper's session, so a terminal's Ctrl-C or hang-up that
     // ends the wrapper does not end its watchdog before it can clean up.
     let _ = setsid();
-    for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT, Signal::SIGTSTP] {
+    for sig in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+        Signal::SIGTSTP,
+    ] {
         // SAFETY: SIG_IGN installs no handler code.
         let _ = unsafe { signal(sig, SigHandler::SigIgn) };
     }

@@ -8,6 +8,7 @@ mod doctor;
 mod guard;
 mod privileges;
 mod runs;
+mod stats;
 mod supervisor;
 
 use std::{ffi::OsStr, path::Path, process::ExitCode};
@@ -38,7 +39,12 @@ fn main() -> ExitCode {
         Some(Action::Doctor) => doctor::run(),
         Some(Action::Cleanup) => cleanup(),
         Some(Action::Completions { shell }) => {
-            clap_complete::generate(shell, &mut Cli::command(), "throttle", &mut std::io::stdout());
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "throttle",
+                &mut std::io::stdout(),
+            );
             Ok(ExitCode::SUCCESS)
         }
     };
@@ -50,7 +56,10 @@ fn main() -> ExitCode {
 
 /// Help and version go to stdout as clap renders them; errors become one line.
 fn usage_error(error: &clap::Error) -> ExitCode {
-    if matches!(error.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+    if matches!(
+        error.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+    ) {
         let _ = error.print();
         return ExitCode::SUCCESS;
     }
@@ -74,7 +83,10 @@ fn run(args: RunArgs) -> Result<i32> {
     privileges::check()?;
     let mount = cgroup::find_mount()?;
     let parent = cgroup::run_parent(&mount, &cgroup::own_cgroup(&mount)?);
-    let name = args.name.clone().unwrap_or_else(|| default_name(&args.command[0]));
+    let name = args
+        .name
+        .clone()
+        .unwrap_or_else(|| default_name(&args.command[0]));
     let runtime_dir = runs::runtime_dir();
     if let Err(e) = runs::sweep(&runtime_dir, &mount) {
         eprintln!("throttle: warning: cleaning up after earlier runs: {e:#}");
@@ -95,7 +107,14 @@ fn run(args: RunArgs) -> Result<i32> {
         kill_after: args.kill_after,
         wait_all: args.wait_all,
     };
+    let started = std::time::Instant::now();
     let code = supervisor::run(&args.command, &env, &cgroup, forwarding, &leftovers)?;
+    if args.summary {
+        eprintln!(
+            "{}",
+            stats::summary(&name, &programs.counters()?, started.elapsed())
+        );
+    }
 
     programs.detach(cgroup.dir())?;
     cgroup.remove()?;
@@ -120,7 +139,13 @@ fn default_name(command: &OsStr) -> String {
         .unwrap_or_default();
     let cleaned: String = base
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
         .skip_while(|c| !c.is_ascii_alphanumeric())
         .take(cli::MAX_NAME_LEN - 11)
         .collect();
@@ -148,7 +173,14 @@ mod tests {
 
     #[test]
     fn default_names_are_valid_run_names() {
-        for command in ["wget", "/usr/bin/python3.12", "./my script", "-weird", "ü", ""] {
+        for command in [
+            "wget",
+            "/usr/bin/python3.12",
+            "./my script",
+            "-weird",
+            "ü",
+            "",
+        ] {
             let name = default_name(OsStr::new(command));
             assert_eq!(cli::run_name(&name), Ok(name.clone()), "{command}");
         }

@@ -36,7 +36,11 @@ pub fn holds(requirement: &Requirement) -> bool {
 pub fn check() -> Result<()> {
     for requirement in &REQUIRED {
         if !holds(requirement) {
-            bail!("missing capability {} ({}); {FIX}", names(requirement), requirement.why);
+            bail!(
+                "missing capability {} ({}); {FIX}",
+                names(requirement),
+                requirement.why
+            );
         }
     }
     Ok(())

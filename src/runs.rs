@@ -76,9 +76,13 @@ impl Registration {
                 Ok(lock) => lock,
                 Err((mut file, Errno::EWOULDBLOCK)) => {
                     let owner = read_record(&mut file).map(|r| r.pid).unwrap_or_default();
-                    bail!("a run named '{name}' is already active (pid {owner}); choose another --name");
+                    bail!(
+                        "a run named '{name}' is already active (pid {owner}); choose another --name"
+                    );
                 }
-                Err((_, e)) => return Err(e).with_context(|| format!("locking {}", path.display())),
+                Err((_, e)) => {
+                    return Err(e).with_context(|| format!("locking {}", path.display()));
+                }
             };
             if !same_file(&lock, &path) {
                 continue;
@@ -124,7 +128,10 @@ struct Record {
 fn read_record(file: &mut File) -> io::Result<Record> {
     let mut text = String::new();
     file.read_to_string(&mut text)?;
-    let mut record = Record { pid: 0, cgroup: None };
+    let mut record = Record {
+        pid: 0,
+        cgroup: None,
+    };
     for line in text.lines() {
         match line.split_once(' ') {
             Some(("pid", pid)) => record.pid = pid.parse().unwrap_or(0),
@@ -150,7 +157,9 @@ fn dead_runs(dir: &Path) -> Result<Vec<DeadRun>> {
     };
     let mut dead = Vec::new();
     for entry in entries {
-        let path = entry.with_context(|| format!("listing {}", dir.display()))?.path();
+        let path = entry
+            .with_context(|| format!("listing {}", dir.display()))?
+            .path();
         let Some(name) = path
             .file_name()
             .and_then(|n| n.to_str())
@@ -158,7 +167,11 @@ fn dead_runs(dir: &Path) -> Result<Vec<DeadRun>> {
         else {
             continue;
         };
-        let Ok(file) = OpenOptions::new().read(true).custom_flags(libc::O_CLOEXEC).open(&path) else {
+        let Ok(file) = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&path)
+        else {
             continue;
         };
         if let Ok(lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) {
@@ -184,7 +197,8 @@ pub fn sweep(dir: &Path, mount: &Path) -> Result<Vec<String>> {
     let mut swept = Vec::new();
     for mut run in dead_runs(dir)? {
         let path = lock_path(dir, &run.name);
-        let record = read_record(&mut run.lock).with_context(|| format!("reading {}", path.display()))?;
+        let record =
+            read_record(&mut run.lock).with_context(|| format!("reading {}", path.display()))?;
         if let Some(cgroup) = &record.cgroup {
             cgroup::remove_tree(cgroup, STALE_KILL_WAIT)
                 .with_context(|| format!("removing the cgroup of dead run '{}'", run.name))?;
@@ -225,7 +239,10 @@ fn has_programs(cgroup: &Path) -> bool {
     };
     [CgroupSkbAttachType::Ingress, CgroupSkbAttachType::Egress]
         .into_iter()
-        .any(|t| bpf::attached_program_ids(std::os::fd::AsFd::as_fd(&dir), t).is_ok_and(|ids| !ids.is_empty()))
+        .any(|t| {
+            bpf::attached_program_ids(std::os::fd::AsFd::as_fd(&dir), t)
+                .is_ok_and(|ids| !ids.is_empty())
+        })
 }
 
 /// Removes a run's files from the runtime directory; missing ones are fine.

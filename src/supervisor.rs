@@ -54,7 +54,8 @@ pub struct Forwarding {
 
 impl Forwarding {
     pub fn install() -> Result<Forwarding> {
-        let signals = SignalsInfo::<WithOrigin>::new(FORWARDED).context("installing signal handlers")?;
+        let signals =
+            SignalsInfo::<WithOrigin>::new(FORWARDED).context("installing signal handlers")?;
         Ok(Forwarding { signals })
     }
 }
@@ -146,12 +147,15 @@ fn wait(child: Pid, exited: &Mutex<bool>) -> Result<i32> {
         match waitid(Id::Pid(child), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {
             Ok(_) => break,
             Err(Errno::EINTR) => continue,
-            Err(e) => return Err(e).with_context(|| format!("waiting for the command (pid {child})")),
+            Err(e) => {
+                return Err(e).with_context(|| format!("waiting for the command (pid {child})"));
+            }
         }
     }
     let mut exited = exited.lock().unwrap_or_else(|p| p.into_inner());
     *exited = true;
-    let status = waitpid(child, None).with_context(|| format!("reaping the command (pid {child})"))?;
+    let status =
+        waitpid(child, None).with_context(|| format!("reaping the command (pid {child})"))?;
     Ok(match status {
         WaitStatus::Exited(_, code) => code,
         WaitStatus::Signaled(_, signal, _) => 128 + signal as i32,

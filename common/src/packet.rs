@@ -40,7 +40,11 @@ pub fn layout(first: u8) -> Option<Layout> {
 
 /// Length of the IP header: IHL for IPv4, the fixed header for IPv6.
 pub fn ip_header_len(first: u8) -> u32 {
-    if first >> 4 == 4 { u32::from(first & 0x0f) * 4 } else { IPV6_HEADER_LEN }
+    if first >> 4 == 4 {
+        u32::from(first & 0x0f) * 4
+    } else {
+        IPV6_HEADER_LEN
+    }
 }
 
 /// Whether a TCP segment carries no payload.
@@ -52,7 +56,11 @@ pub fn ip_header_len(first: u8) -> u32 {
 pub fn tcp_without_payload(first: u8, length: u16, data_offset_byte: u8) -> bool {
     let tcp_header = u32::from(data_offset_byte >> 4) * 4;
     let length = u32::from(length);
-    let payload_start = if first >> 4 == 4 { ip_header_len(first) + tcp_header } else { tcp_header };
+    let payload_start = if first >> 4 == 4 {
+        ip_header_len(first) + tcp_header
+    } else {
+        tcp_header
+    };
     length != 0 && length <= payload_start
 }
 

@@ -155,11 +155,18 @@ mod tests {
         let sizes = [0, 1, 1500, 65536, 1 << 40, u64::MAX / 3, u64::MAX];
         for rate in rates {
             for bytes in sizes {
-                assert_eq!(transmit_ns(bytes, rate), reference(bytes, rate), "{bytes} B at {rate} B/s");
+                assert_eq!(
+                    transmit_ns(bytes, rate),
+                    reference(bytes, rate),
+                    "{bytes} B at {rate} B/s"
+                );
             }
         }
         // Rates above the maximum are clamped, not overflowed.
-        assert_eq!(transmit_ns(MAX_RATE - 1, u64::MAX), transmit_ns(MAX_RATE - 1, MAX_RATE));
+        assert_eq!(
+            transmit_ns(MAX_RATE - 1, u64::MAX),
+            transmit_ns(MAX_RATE - 1, MAX_RATE)
+        );
     }
 
     #[test]

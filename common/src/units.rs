@@ -15,8 +15,7 @@ pub const MAX_SIZE: u64 = 1 << 34;
 /// Accepted forms, quoted in every error so a user can fix the value in one go.
 pub const RATE_FORMS: &str = "a positive number of bytes/s with an optional unit: \
      K/KB/KiB, M/MB/MiB, G/GB/GiB (x1024 bytes) or kbit, mbit, gbit (x1000 bits), e.g. 500K, 1.5M, 20mbit";
-pub const SIZE_FORMS: &str =
-    "a positive number of bytes with an optional unit: K/KB/KiB, M/MB/MiB, G/GB/GiB (x1024), e.g. 64K, 1M";
+pub const SIZE_FORMS: &str = "a positive number of bytes with an optional unit: K/KB/KiB, M/MB/MiB, G/GB/GiB (x1024), e.g. 64K, 1M";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UnitError {
@@ -59,7 +58,11 @@ const BYTE_UNITS: &[(&str, u64)] = &[
     ("gib", 1 << 30),
 ];
 
-const BIT_UNITS: &[(&str, u64)] = &[("kbit", 1_000), ("mbit", 1_000_000), ("gbit", 1_000_000_000)];
+const BIT_UNITS: &[(&str, u64)] = &[
+    ("kbit", 1_000),
+    ("mbit", 1_000_000),
+    ("gbit", 1_000_000_000),
+];
 
 fn lookup(table: &[(&str, u64)], unit: &str) -> Option<u64> {
     table
@@ -79,7 +82,11 @@ fn bit_unit(unit: &str) -> Option<Scale> {
 /// Parses a RATE in bytes per second.
 pub fn parse_rate(text: &str) -> Result<u64, UnitError> {
     let body = strip_suffix_ignore_case(text, "/s").unwrap_or(text);
-    parse(body, |unit| byte_unit(unit).or_else(|| bit_unit(unit)), MAX_RATE)
+    parse(
+        body,
+        |unit| byte_unit(unit).or_else(|| bit_unit(unit)),
+        MAX_RATE,
+    )
 }
 
 /// Parses a SIZE in bytes.
@@ -128,7 +135,11 @@ impl Decimal {
             return None;
         }
         let int = if int.is_empty() { 0 } else { int.parse().ok()? };
-        let frac_value = if frac.is_empty() { 0 } else { frac.parse().ok()? };
+        let frac_value = if frac.is_empty() {
+            0
+        } else {
+            frac.parse().ok()?
+        };
         Some(Decimal {
             int,
             frac: frac_value,
@@ -234,11 +245,17 @@ mod tests {
     #[test]
     fn rejects_overflow_and_values_above_the_maximum() {
         let max = UnitError::TooLarge { max: MAX_RATE };
-        assert_eq!(parse_rate("99999999999999999999999"), Err(UnitError::NotANumber));
+        assert_eq!(
+            parse_rate("99999999999999999999999"),
+            Err(UnitError::NotANumber)
+        );
         assert_eq!(parse_rate("18446744073709551615G"), Err(max));
         assert_eq!(parse_rate("17G"), Err(max));
         assert_eq!(parse_rate("16G"), Ok(MAX_RATE));
-        assert_eq!(parse_size("17G"), Err(UnitError::TooLarge { max: MAX_SIZE }));
+        assert_eq!(
+            parse_size("17G"),
+            Err(UnitError::TooLarge { max: MAX_SIZE })
+        );
     }
 
     #[test]

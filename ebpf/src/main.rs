@@ -51,7 +51,11 @@ pub fn throttle_down(ctx: SkBuffContext) -> i32 {
 
 #[cgroup_skb(egress)]
 pub fn throttle_up(ctx: SkBuffContext) -> i32 {
-    if admit(&ctx, UP) { PASS } else { DROP_CONGESTED }
+    if admit(&ctx, UP) {
+        PASS
+    } else {
+        DROP_CONGESTED
+    }
 }
 
 #[inline(always)]

@@ -22,9 +22,13 @@ static SERIAL: Mutex<()> = Mutex::new(());
 pub fn start(test: &str) -> Option<MutexGuard<'static, ()>> {
     if !nix::unistd::Uid::effective().is_root() {
         if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("{test}: the integration tests need root (cgroups, BPF, network namespaces); CI must run them as root");
+            panic!(
+                "{test}: the integration tests need root (cgroups, BPF, network namespaces); CI must run them as root"
+            );
         }
-        eprintln!("SKIPPED {test}: needs root (cgroups, BPF, network namespaces); run: sudo -E cargo test");
+        eprintln!(
+            "SKIPPED {test}: needs root (cgroups, BPF, network namespaces); run: sudo -E cargo test"
+        );
         return None;
     }
     Some(SERIAL.lock().unwrap_or_else(|p| p.into_inner()))
@@ -37,8 +41,14 @@ pub fn throttle() -> Command {
 /// Asserts `ratio` of a measured rate to its limit is within `[low, high]`.
 pub fn assert_ratio(what: &str, measured: f64, limit: u64, low: f64, high: f64) {
     let ratio = measured / limit as f64;
-    eprintln!("{what}: {:.0} B/s against {limit} B/s, ratio {ratio:.3}", measured);
-    assert!((low..=high).contains(&ratio), "{what}: achieved/limit {ratio:.3} is outside [{low}, {high}]");
+    eprintln!(
+        "{what}: {:.0} B/s against {limit} B/s, ratio {ratio:.3}",
+        measured
+    );
+    assert!(
+        (low..=high).contains(&ratio),
+        "{what}: achieved/limit {ratio:.3} is outside [{low}, {high}]"
+    );
 }
 
 pub fn cgroup_mount() -> PathBuf {
@@ -46,7 +56,8 @@ pub fn cgroup_mount() -> PathBuf {
     text.lines()
         .find_map(|l| {
             let (head, tail) = l.split_once(" - ")?;
-            tail.starts_with("cgroup2 ").then(|| PathBuf::from(head.split_whitespace().nth(4).unwrap()))
+            tail.starts_with("cgroup2 ")
+                .then(|| PathBuf::from(head.split_whitespace().nth(4).unwrap()))
         })
         .expect("cgroup2 is not mounted")
 }
@@ -60,7 +71,10 @@ pub fn run_cgroup(name: &str) -> PathBuf {
 pub fn loaded_throttle_programs() -> Vec<u32> {
     aya::programs::loaded_programs()
         .flatten()
-        .filter(|p| p.name_as_str().is_some_and(|n| n == "throttle_down" || n == "throttle_up"))
+        .filter(|p| {
+            p.name_as_str()
+                .is_some_and(|n| n == "throttle_down" || n == "throttle_up")
+        })
         .map(|p| p.id())
         .collect()
 }
@@ -79,7 +93,10 @@ pub fn assert_clean(name: &str) {
         if programs.is_empty() {
             return;
         }
-        assert!(Instant::now() < deadline, "throttle programs still loaded: {programs:?}");
+        assert!(
+            Instant::now() < deadline,
+            "throttle programs still loaded: {programs:?}"
+        );
         thread::sleep(Duration::from_millis(50));
     }
 }

@@ -35,25 +35,39 @@ fn status_with(name: &str, options: &[&str], command: &[&str]) -> (Option<i32>, 
 
 #[test]
 fn exit_statuses_mirror_the_command() {
-    let Some(_serial) = harness::start("exit_statuses_mirror_the_command") else { return };
+    let Some(_serial) = harness::start("exit_statuses_mirror_the_command") else {
+        return;
+    };
     assert_eq!(status_of("t-exit0", &["true"]).0, Some(0));
     assert_eq!(status_of("t-exit3", &["sh", "-c", "exit 3"]).0, Some(3));
     let (code, stderr) = status_of("t-exit127", &["/nonexistent/command"]);
     assert_eq!(code, Some(127));
-    assert!(stderr.contains("/nonexistent/command: command not found"), "{stderr}");
-    let not_executable = std::env::temp_dir().join(format!("throttle-test-noexec-{}", std::process::id()));
+    assert!(
+        stderr.contains("/nonexistent/command: command not found"),
+        "{stderr}"
+    );
+    let not_executable =
+        std::env::temp_dir().join(format!("throttle-test-noexec-{}", std::process::id()));
     std::fs::write(&not_executable, "echo should not run\n").unwrap();
     let (code, stderr) = status_of("t-exit126", &[not_executable.to_str().unwrap()]);
     let _ = std::fs::remove_file(&not_executable);
     assert_eq!(code, Some(126));
     assert!(stderr.contains("Permission denied"), "{stderr}");
-    assert_eq!(status_of("t-exit143", &["sh", "-c", "kill -TERM $$"]).0, Some(128 + 15));
+    assert_eq!(
+        status_of("t-exit143", &["sh", "-c", "kill -TERM $$"]).0,
+        Some(128 + 15)
+    );
 }
 
 #[test]
 fn the_command_runs_inside_the_run_cgroup_from_its_first_instruction() {
-    let Some(_serial) = harness::start("the_command_runs_inside_the_run_cgroup") else { return };
-    let output = throttle().args(["--name", "t-where", "--", "cat", "/proc/self/cgroup"]).output().unwrap();
+    let Some(_serial) = harness::start("the_command_runs_inside_the_run_cgroup") else {
+        return;
+    };
+    let output = throttle()
+        .args(["--name", "t-where", "--", "cat", "/proc/self/cgroup"])
+        .output()
+        .unwrap();
     assert!(output.status.success());
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(text.lines().any(|l| l == "0::/throttle/t-where"), "{text}");
@@ -62,7 +76,9 @@ fn the_command_runs_inside_the_run_cgroup_from_its_first_instruction() {
 
 #[test]
 fn bad_input_is_one_line_with_a_distinct_status_and_leaves_nothing() {
-    let Some(_serial) = harness::start("bad_input_is_one_line") else { return };
+    let Some(_serial) = harness::start("bad_input_is_one_line") else {
+        return;
+    };
     for (args, needle) in [
         (&["--down", "0", "--", "true"][..], "'0'"),
         (&["--up", "5X", "--", "true"][..], "'5X'"),
@@ -83,9 +99,18 @@ fn bad_input_is_one_line_with_a_distinct_status_and_leaves_nothing() {
 
 #[test]
 fn sigterm_to_the_wrapper_reaches_the_command() {
-    let Some(_serial) = harness::start("sigterm_to_the_wrapper_reaches_the_command") else { return };
+    let Some(_serial) = harness::start("sigterm_to_the_wrapper_reaches_the_command") else {
+        return;
+    };
     let child = throttle()
-        .args(["--name", "t-term", "--", "sh", "-c", "trap 'echo got-term; exit 7' TERM; echo ready; sleep 30 & wait"])
+        .args([
+            "--name",
+            "t-term",
+            "--",
+            "sh",
+            "-c",
+            "trap 'echo got-term; exit 7' TERM; echo ready; sleep 30 & wait",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -94,14 +119,19 @@ fn sigterm_to_the_wrapper_reaches_the_command() {
     kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
     let output = wait_with_timeout(child, TIMEOUT);
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(stdout.contains("got-term"), "the command's handler did not run: {stdout}");
+    assert!(
+        stdout.contains("got-term"),
+        "the command's handler did not run: {stdout}"
+    );
     assert_eq!(output.status.code(), Some(7));
     assert_clean("t-term");
 }
 
 #[test]
 fn leftovers_are_terminated_then_killed_or_waited_for() {
-    let Some(_serial) = harness::start("leftovers_are_terminated_then_killed_or_waited_for") else { return };
+    let Some(_serial) = harness::start("leftovers_are_terminated_then_killed_or_waited_for") else {
+        return;
+    };
     // A leftover that ignores SIGTERM is killed after --kill-after.
     let started = Instant::now();
     let (code, _) = status_with(
@@ -115,7 +145,15 @@ fn leftovers_are_terminated_then_killed_or_waited_for() {
     // --wait-all waits for the leftover to finish on its own.
     let started = Instant::now();
     let output = throttle()
-        .args(["--wait-all", "--name", "t-waitall", "--", "sh", "-c", "(sleep 1; echo late) & exit 0"])
+        .args([
+            "--wait-all",
+            "--name",
+            "t-waitall",
+            "--",
+            "sh",
+            "-c",
+            "(sleep 1; echo late) & exit 0",
+        ])
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(0));
@@ -128,11 +166,16 @@ fn wait_for_cgroup_processes(name: &str, count: usize) {
     let procs = run_cgroup(name).join("cgroup.procs");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let n = std::fs::read_to_string(&procs).map(|t| t.lines().count()).unwrap_or(0);
+        let n = std::fs::read_to_string(&procs)
+            .map(|t| t.lines().count())
+            .unwrap_or(0);
         if n >= count {
             return;
         }
-        assert!(Instant::now() < deadline, "{name}: {count} processes never appeared in its cgroup");
+        assert!(
+            Instant::now() < deadline,
+            "{name}: {count} processes never appeared in its cgroup"
+        );
         thread::sleep(Duration::from_millis(20));
     }
 }
@@ -150,10 +193,15 @@ fn alive(pid: i32) -> bool {
 }
 
 fn guard_of(wrapper: u32) -> Option<i32> {
-    let children = std::fs::read_to_string(format!("/proc/{wrapper}/task/{wrapper}/children")).ok()?;
-    children.split_whitespace().filter_map(|p| p.parse().ok()).find(|pid: &i32| {
-        std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "throttle-guard")
-    })
+    let children =
+        std::fs::read_to_string(format!("/proc/{wrapper}/task/{wrapper}/children")).ok()?;
+    children
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .find(|pid: &i32| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "throttle-guard")
+        })
 }
 
 /// Starts a throttled download that runs through a shell, so the
@@ -161,7 +209,10 @@ fn guard_of(wrapper: u32) -> Option<i32> {
 fn start_download(name: &str, url: &str) -> std::process::Child {
     let child = throttle()
         .args(["--down", "1M", "--name", name, "--", "sh", "-c"])
-        .arg(format!("curl -sS -o /dev/null {url}/{}; echo finished", 64 * harness::MIB))
+        .arg(format!(
+            "curl -sS -o /dev/null {url}/{}; echo finished",
+            64 * harness::MIB
+        ))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -174,14 +225,19 @@ fn start_download(name: &str, url: &str) -> std::process::Child {
 fn wait_gone(pids: &[i32]) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while pids.iter().any(|p| alive(*p)) {
-        assert!(Instant::now() < deadline, "processes of a killed run survived: {pids:?}");
+        assert!(
+            Instant::now() < deadline,
+            "processes of a killed run survived: {pids:?}"
+        );
         thread::sleep(Duration::from_millis(20));
     }
 }
 
 #[test]
 fn kill_9_of_the_wrapper_leaves_nothing_running_or_attached() {
-    let Some(_serial) = harness::start("kill_9_of_the_wrapper") else { return };
+    let Some(_serial) = harness::start("kill_9_of_the_wrapper") else {
+        return;
+    };
     let netns = Netns::new();
     let server = netns.serve();
     let mut child = start_download("t-kill9", &server.url);
@@ -191,7 +247,10 @@ fn kill_9_of_the_wrapper_leaves_nothing_running_or_attached() {
     wait_gone(&pids);
     let deadline = Instant::now() + Duration::from_secs(10);
     while run_cgroup("t-kill9").exists() {
-        assert!(Instant::now() < deadline, "the watchdog did not remove the cgroup");
+        assert!(
+            Instant::now() < deadline,
+            "the watchdog did not remove the cgroup"
+        );
         thread::sleep(Duration::from_millis(20));
     }
     assert_clean("t-kill9");
@@ -199,7 +258,9 @@ fn kill_9_of_the_wrapper_leaves_nothing_running_or_attached() {
 
 #[test]
 fn the_next_run_sweeps_what_a_killed_run_and_watchdog_left() {
-    let Some(_serial) = harness::start("the_next_run_sweeps") else { return };
+    let Some(_serial) = harness::start("the_next_run_sweeps") else {
+        return;
+    };
     let netns = Netns::new();
     let server = netns.serve();
     let mut child = start_download("t-stale", &server.url);
@@ -212,8 +273,14 @@ fn the_next_run_sweeps_what_a_killed_run_and_watchdog_left() {
     // is still in the cgroup, now without programs: the next run must end it.
     thread::sleep(Duration::from_millis(200));
     assert!(run_cgroup("t-stale").exists());
-    assert!(harness::loaded_throttle_programs().is_empty(), "the links did not die with the wrapper");
-    let status = Command::new(harness::THROTTLE).args(["--name", "t-next", "--", "true"]).status().unwrap();
+    assert!(
+        harness::loaded_throttle_programs().is_empty(),
+        "the links did not die with the wrapper"
+    );
+    let status = Command::new(harness::THROTTLE)
+        .args(["--name", "t-next", "--", "true"])
+        .status()
+        .unwrap();
     assert!(status.success());
     wait_gone(&pids);
     assert_clean("t-stale");

@@ -2,7 +2,7 @@
 //! with traffic between the host and a network namespace each test creates.
 
 mod harness;
+mod lifecycle;
 #[path = "../../xtask/src/netlab.rs"]
 mod netlab;
-mod lifecycle;
 mod rates;

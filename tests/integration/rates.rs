@@ -2,7 +2,9 @@
 
 use std::{io::Write as _, time::Duration};
 
-use crate::harness::{self, MIB, Netns, Samples, assert_clean, assert_ratio, measure_stdout, throttle};
+use crate::harness::{
+    self, MIB, Netns, Samples, assert_clean, assert_ratio, measure_stdout, throttle,
+};
 
 /// At 1 MiB/s, 7 MiB take about 7 s: a 1 s start (the bucket's initial
 /// burst) is left out and at least 5 s are measured.
@@ -13,9 +15,15 @@ const TIMEOUT: Duration = Duration::from_secs(40);
 
 fn download(name: &str, limits: &[&str], url: &str, bytes: u64) -> Samples {
     let mut cmd = throttle();
-    cmd.args(limits).args(["--name", name, "--", "curl", "-sS", "--fail"]).arg(format!("{url}/{bytes}"));
+    cmd.args(limits)
+        .args(["--name", name, "--", "curl", "-sS", "--fail"])
+        .arg(format!("{url}/{bytes}"));
     let (samples, output) = measure_stdout(&mut cmd, TIMEOUT);
-    assert!(output.status.success(), "download failed: {}", harness::stderr(&output));
+    assert!(
+        output.status.success(),
+        "download failed: {}",
+        harness::stderr(&output)
+    );
     assert_eq!(samples.total(), bytes);
     samples
 }
@@ -30,67 +38,128 @@ fn upload_file(bytes: u64) -> tempfile_path::TempFile {
     file
 }
 
-fn upload_command(name: &str, limits: &[&str], url: &str, file: &tempfile_path::TempFile) -> std::process::Command {
+fn upload_command(
+    name: &str,
+    limits: &[&str],
+    url: &str,
+    file: &tempfile_path::TempFile,
+) -> std::process::Command {
     let mut cmd = throttle();
-    cmd.args(limits).args(["--name", name, "--", "curl", "-sS", "--fail", "-o", "/dev/null", "-H", "Expect:", "-T"]);
+    cmd.args(limits).args([
+        "--name",
+        name,
+        "--",
+        "curl",
+        "-sS",
+        "--fail",
+        "-o",
+        "/dev/null",
+        "-H",
+        "Expect:",
+        "-T",
+    ]);
     cmd.arg(&file.0).arg(format!("{url}/upload"));
     cmd
 }
 
 #[test]
 fn download_is_held_to_its_limit() {
-    let Some(_serial) = harness::start("download_is_held_to_its_limit") else { return };
+    let Some(_serial) = harness::start("download_is_held_to_its_limit") else {
+        return;
+    };
     let netns = Netns::new();
     let server = netns.serve();
     let samples = download("t-down", &["--down", "1M"], &server.url, TRANSFER);
-    assert_ratio("download at --down 1M", samples.steady_rate(SKIP, WINDOW), MIB, 0.90, 1.05);
+    assert_ratio(
+        "download at --down 1M",
+        samples.steady_rate(SKIP, WINDOW),
+        MIB,
+        0.90,
+        1.05,
+    );
     assert_clean("t-down");
 }
 
 #[test]
 fn upload_is_held_to_its_limit() {
-    let Some(_serial) = harness::start("upload_is_held_to_its_limit") else { return };
+    let Some(_serial) = harness::start("upload_is_held_to_its_limit") else {
+        return;
+    };
     let netns = Netns::new();
     let server = netns.serve();
     let file = upload_file(TRANSFER);
     let output = harness::wait_with_timeout(
-        upload_command("t-up", &["--up", "1M"], &server.url, &file).spawn().unwrap(),
+        upload_command("t-up", &["--up", "1M"], &server.url, &file)
+            .spawn()
+            .unwrap(),
         TIMEOUT,
     );
-    assert!(output.status.success(), "upload failed: {}", harness::stderr(&output));
+    assert!(
+        output.status.success(),
+        "upload failed: {}",
+        harness::stderr(&output)
+    );
     let samples = server.last_upload();
     assert_eq!(samples.total(), TRANSFER);
-    assert_ratio("upload at --up 1M", samples.steady_rate(SKIP, WINDOW), MIB, 0.90, 1.05);
+    assert_ratio(
+        "upload at --up 1M",
+        samples.steady_rate(SKIP, WINDOW),
+        MIB,
+        0.90,
+        1.05,
+    );
     assert_clean("t-up");
 }
 
 #[test]
 fn the_unlimited_direction_is_not_slowed() {
-    let Some(_serial) = harness::start("the_unlimited_direction_is_not_slowed") else { return };
+    let Some(_serial) = harness::start("the_unlimited_direction_is_not_slowed") else {
+        return;
+    };
     let netns = Netns::new();
     let server = netns.serve();
     // A 64K/s upload limit polices upstream data, not the download's ACKs.
     let samples = download("t-free-down", &["--up", "64K"], &server.url, 64 * MIB);
     let rate = samples.overall_rate();
-    eprintln!("download with only --up 64K: {:.1} MiB/s", rate / MIB as f64);
-    assert!(rate > 50.0 * MIB as f64, "download slowed to {rate:.0} B/s by an upload limit");
+    eprintln!(
+        "download with only --up 64K: {:.1} MiB/s",
+        rate / MIB as f64
+    );
+    assert!(
+        rate > 50.0 * MIB as f64,
+        "download slowed to {rate:.0} B/s by an upload limit"
+    );
     assert_clean("t-free-down");
 
     let file = upload_file(64 * MIB);
     let output = harness::wait_with_timeout(
-        upload_command("t-free-up", &["--down", "64K"], &server.url, &file).spawn().unwrap(),
+        upload_command("t-free-up", &["--down", "64K"], &server.url, &file)
+            .spawn()
+            .unwrap(),
         TIMEOUT,
     );
-    assert!(output.status.success(), "upload failed: {}", harness::stderr(&output));
+    assert!(
+        output.status.success(),
+        "upload failed: {}",
+        harness::stderr(&output)
+    );
     let rate = server.last_upload().overall_rate();
-    eprintln!("upload with only --down 64K: {:.1} MiB/s", rate / MIB as f64);
-    assert!(rate > 50.0 * MIB as f64, "upload slowed to {rate:.0} B/s by a download limit");
+    eprintln!(
+        "upload with only --down 64K: {:.1} MiB/s",
+        rate / MIB as f64
+    );
+    assert!(
+        rate > 50.0 * MIB as f64,
+        "upload slowed to {rate:.0} B/s by a download limit"
+    );
     assert_clean("t-free-up");
 }
 
 #[test]
 fn both_directions_limited_at_once() {
-    let Some(_serial) = harness::start("both_directions_limited_at_once") else { return };
+    let Some(_serial) = harness::start("both_directions_limited_at_once") else {
+        return;
+    };
     let netns = Netns::new();
     let server = netns.serve();
     let file = upload_file(TRANSFER * 3 / 4);
@@ -103,28 +172,67 @@ fn both_directions_limited_at_once() {
         url = server.url,
     );
     let mut cmd = throttle();
-    cmd.args(["--down", "1M", "--up", "512K", "--name", "t-both", "--", "sh", "-c", &script]);
+    cmd.args([
+        "--down", "1M", "--up", "512K", "--name", "t-both", "--", "sh", "-c", &script,
+    ]);
     let (down, output) = measure_stdout(&mut cmd, TIMEOUT);
-    assert!(output.status.success(), "transfers failed: {}", harness::stderr(&output));
-    assert_ratio("download at --down 1M (with upload)", down.steady_rate(SKIP, WINDOW), MIB, 0.90, 1.05);
+    assert!(
+        output.status.success(),
+        "transfers failed: {}",
+        harness::stderr(&output)
+    );
+    assert_ratio(
+        "download at --down 1M (with upload)",
+        down.steady_rate(SKIP, WINDOW),
+        MIB,
+        0.90,
+        1.05,
+    );
     let up = server.last_upload();
-    assert_ratio("upload at --up 512K (with download)", up.steady_rate(SKIP, WINDOW), MIB / 2, 0.90, 1.05);
+    assert_ratio(
+        "upload at --up 512K (with download)",
+        up.steady_rate(SKIP, WINDOW),
+        MIB / 2,
+        0.90,
+        1.05,
+    );
     assert_clean("t-both");
 }
 
 #[test]
 fn nested_runs_compose_and_the_tighter_limit_wins() {
-    let Some(_serial) = harness::start("nested_runs_compose_and_the_tighter_limit_wins") else { return };
+    let Some(_serial) = harness::start("nested_runs_compose_and_the_tighter_limit_wins") else {
+        return;
+    };
     let netns = Netns::new();
     let server = netns.serve();
     for (outer, inner, case) in [("1M", "4M", "outer tighter"), ("4M", "1M", "inner tighter")] {
         let mut cmd = throttle();
-        cmd.args(["--down", outer, "--name", "t-outer", "--", harness::THROTTLE, "--down", inner])
-            .args(["--name", "t-inner", "--", "curl", "-sS", "--fail"])
-            .arg(format!("{}/{TRANSFER}", server.url));
+        cmd.args([
+            "--down",
+            outer,
+            "--name",
+            "t-outer",
+            "--",
+            harness::THROTTLE,
+            "--down",
+            inner,
+        ])
+        .args(["--name", "t-inner", "--", "curl", "-sS", "--fail"])
+        .arg(format!("{}/{TRANSFER}", server.url));
         let (samples, output) = measure_stdout(&mut cmd, TIMEOUT);
-        assert!(output.status.success(), "{case}: {}", harness::stderr(&output));
-        assert_ratio(&format!("nested, {case}"), samples.steady_rate(SKIP, WINDOW), MIB, 0.90, 1.05);
+        assert!(
+            output.status.success(),
+            "{case}: {}",
+            harness::stderr(&output)
+        );
+        assert_ratio(
+            &format!("nested, {case}"),
+            samples.steady_rate(SKIP, WINDOW),
+            MIB,
+            0.90,
+            1.05,
+        );
         assert_clean("t-outer");
     }
 }
@@ -137,7 +245,9 @@ mod tempfile_path {
 
     impl TempFile {
         pub fn new(what: &str) -> TempFile {
-            TempFile(std::env::temp_dir().join(format!("throttle-test-{what}-{}", std::process::id())))
+            TempFile(
+                std::env::temp_dir().join(format!("throttle-test-{what}-{}", std::process::id())),
+            )
         }
     }
 

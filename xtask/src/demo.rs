@@ -20,21 +20,40 @@ pub fn run(root: &Path) -> Result<()> {
     let netns = Netns::new();
     let server = netns.serve();
     let url = format!("{}/{BYTES}", server.url);
-    println!("server: {} (in network namespace {})", server.url, netns.name);
+    println!(
+        "server: {} (in network namespace {})",
+        server.url, netns.name
+    );
 
-    let (free, output) = measure_stdout(Command::new("curl").args(["-sS", "--fail", &url]), Duration::from_secs(60));
-    ensure!(output.status.success(), "unthrottled curl failed: {}", String::from_utf8_lossy(&output.stderr));
-    println!("without throttle:           {:>8.2} MiB/s", free.overall_rate() / MIB as f64);
+    let (free, output) = measure_stdout(
+        Command::new("curl").args(["-sS", "--fail", &url]),
+        Duration::from_secs(60),
+    );
+    ensure!(
+        output.status.success(),
+        "unthrottled curl failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    println!(
+        "without throttle:           {:>8.2} MiB/s",
+        free.overall_rate() / MIB as f64
+    );
 
     println!("running: throttle --down {LIMIT} -- curl {url}");
     let mut cmd = Command::new(&throttle);
     cmd.args(["--down", LIMIT, "--", "curl", "-sS", "--fail", &url]);
     let (samples, output) = measure_stdout(&mut cmd, Duration::from_secs(60));
     if !output.status.success() {
-        bail!("throttled curl failed: {}", String::from_utf8_lossy(&output.stderr));
+        bail!(
+            "throttled curl failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
     let achieved = samples.steady_rate(Duration::from_secs(1), Duration::from_secs(5));
-    println!("limit:                      {:>8.2} MiB/s", LIMIT_BYTES as f64 / MIB as f64);
+    println!(
+        "limit:                      {:>8.2} MiB/s",
+        LIMIT_BYTES as f64 / MIB as f64
+    );
     println!(
         "achieved (after 1st second): {:>6.2} MiB/s = {:.3} of the limit, {} MiB in total",
         achieved / MIB as f64,
@@ -47,7 +66,15 @@ pub fn run(root: &Path) -> Result<()> {
 fn build_release(root: &Path) -> Result<std::path::PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = Command::new(cargo)
-        .args(["build", "--release", "--quiet", "--package", "throttle", "--bin", "throttle"])
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "--package",
+            "throttle",
+            "--bin",
+            "throttle",
+        ])
         .current_dir(root)
         .status()
         .context("running cargo build")?;

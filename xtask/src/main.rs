@@ -9,6 +9,8 @@
 #[path = "../../src/cli.rs"]
 mod cli;
 mod demo;
+// Shared with the integration tests, which use the upload side too.
+#[allow(dead_code)]
 mod netlab;
 
 use std::{
@@ -60,7 +62,10 @@ fn main() -> Result<()> {
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
 }
 
 fn completion(shell: Shell) -> Vec<u8> {
@@ -73,7 +78,8 @@ fn write_completions(dir: &Path) -> Result<()> {
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     for (shell, file) in SHELLS {
         let path = dir.join(file);
-        fs::write(&path, completion(shell)).with_context(|| format!("writing {}", path.display()))?;
+        fs::write(&path, completion(shell))
+            .with_context(|| format!("writing {}", path.display()))?;
         println!("wrote {}", path.display());
     }
     Ok(())
@@ -93,7 +99,10 @@ fn check_completions(dir: &Path) -> Result<()> {
     let stale = stale_completions(dir);
     if !stale.is_empty() {
         let names: Vec<String> = stale.iter().map(|p| p.display().to_string()).collect();
-        bail!("stale completions: {}; run 'cargo xtask completions'", names.join(", "));
+        bail!(
+            "stale completions: {}; run 'cargo xtask completions'",
+            names.join(", ")
+        );
     }
     println!("completions are current");
     Ok(())
@@ -103,7 +112,9 @@ fn write_man(dir: &Path) -> Result<()> {
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let path = dir.join("throttle.1");
     let mut out = Vec::new();
-    clap_mangen::Man::new(cli::Cli::command()).render(&mut out).context("rendering the man page")?;
+    clap_mangen::Man::new(cli::Cli::command())
+        .render(&mut out)
+        .context("rendering the man page")?;
     fs::write(&path, out).with_context(|| format!("writing {}", path.display()))?;
     println!("wrote {}", path.display());
     Ok(())
@@ -116,13 +127,18 @@ mod tests {
     #[test]
     fn checked_in_completions_are_current() {
         let stale = stale_completions(&workspace_root().join("completions"));
-        assert!(stale.is_empty(), "stale completions {stale:?}: run 'cargo xtask completions' and commit the result");
+        assert!(
+            stale.is_empty(),
+            "stale completions {stale:?}: run 'cargo xtask completions' and commit the result"
+        );
     }
 
     #[test]
     fn the_man_page_renders() {
         let mut out = Vec::new();
-        clap_mangen::Man::new(cli::Cli::command()).render(&mut out).unwrap();
+        clap_mangen::Man::new(cli::Cli::command())
+            .render(&mut out)
+            .unwrap();
         assert!(String::from_utf8(out).unwrap().contains("kill\\-after"));
     }
 }

@@ -21,8 +21,16 @@ use std::{
 pub const MIB: u64 = 1 << 20;
 
 pub fn run_ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("running ip (iproute2; see scripts/setup.sh)");
-    assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("running ip (iproute2; see scripts/setup.sh)");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A network namespace joined to the host by a veth pair (MTU 1500), with
@@ -42,11 +50,21 @@ impl Netns {
         let (host, peer) = (format!("10.213.{n}.1"), Ipv4Addr::new(10, 213, n as u8, 2));
         run_ip(&["netns", "add", &name]);
         let netns = Netns { name, peer };
-        run_ip(&["link", "add", &host_if, "type", "veth", "peer", "name", &ns_if]);
+        run_ip(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if,
+        ]);
         run_ip(&["link", "set", &ns_if, "netns", &netns.name]);
         run_ip(&["addr", "add", &format!("{host}/30"), "dev", &host_if]);
         run_ip(&["link", "set", &host_if, "up"]);
-        run_ip(&["-n", &netns.name, "addr", "add", &format!("{peer}/30"), "dev", &ns_if]);
+        run_ip(&[
+            "-n",
+            &netns.name,
+            "addr",
+            "add",
+            &format!("{peer}/30"),
+            "dev",
+            &ns_if,
+        ]);
         run_ip(&["-n", &netns.name, "link", "set", &ns_if, "up"]);
         run_ip(&["-n", &netns.name, "link", "set", "lo", "up"]);
         netns
@@ -62,15 +80,19 @@ impl Netns {
         thread::spawn(move || {
             // setns moves only this thread; sockets it creates live in the namespace.
             let ns = fs::File::open(&path).expect("opening the namespace");
-            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("entering the namespace");
-            let listener = TcpListener::bind(SocketAddrV4::new(peer, 0)).expect("binding the server");
+            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                .expect("entering the namespace");
+            let listener =
+                TcpListener::bind(SocketAddrV4::new(peer, 0)).expect("binding the server");
             tx.send(listener.local_addr().unwrap().port()).unwrap();
             for stream in listener.incoming().flatten() {
                 let recorded = Arc::clone(&recorded);
                 thread::spawn(move || serve_one(stream, &recorded));
             }
         });
-        let port = rx.recv_timeout(Duration::from_secs(5)).expect("server did not start");
+        let port = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("server did not start");
         Server {
             url: format!("http://{}:{port}", self.peer),
             uploads,
@@ -81,7 +103,9 @@ impl Netns {
 impl Drop for Netns {
     fn drop(&mut self) {
         // Deleting the namespace deletes the veth pair with it.
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
@@ -94,7 +118,12 @@ pub struct Server {
 impl Server {
     /// Samples of the most recent upload, once it has completed.
     pub fn last_upload(&self) -> Samples {
-        self.uploads.lock().unwrap().last().cloned().expect("no upload reached the server")
+        self.uploads
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("no upload reached the server")
     }
 }
 
@@ -125,7 +154,10 @@ fn serve_one(mut stream: TcpStream, uploads: &Mutex<Vec<Samples>>) {
                 let _ = stream.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
                 return;
             };
-            let _ = write!(stream, "HTTP/1.1 200 OK\r\nContent-Length: {bytes}\r\nConnection: close\r\n\r\n");
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Length: {bytes}\r\nConnection: close\r\n\r\n"
+            );
             let chunk = vec![0u8; 64 * 1024];
             let mut left = bytes;
             while left > 0 {
@@ -139,7 +171,8 @@ fn serve_one(mut stream: TcpStream, uploads: &Mutex<Vec<Samples>>) {
         (Some("PUT"), Some(_)) => {
             let samples = Samples::record(&mut reader.take(length));
             uploads.lock().unwrap().push(samples);
-            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
         }
         _ => {
             let _ = stream.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
@@ -179,10 +212,17 @@ impl Samples {
     /// leaving out the bucket's initial burst. Asserts the window is at
     /// least `min_window` long.
     pub fn steady_rate(&self, skip: Duration, min_window: Duration) -> f64 {
-        let start = self.0.iter().find(|s| s.0 >= skip).expect("transfer shorter than the skipped start");
+        let start = self
+            .0
+            .iter()
+            .find(|s| s.0 >= skip)
+            .expect("transfer shorter than the skipped start");
         let end = self.0.last().unwrap();
         let window = end.0 - start.0;
-        assert!(window >= min_window, "measured over {window:?}, less than {min_window:?}");
+        assert!(
+            window >= min_window,
+            "measured over {window:?}, less than {min_window:?}"
+        );
         (end.1 - start.1) as f64 / window.as_secs_f64()
     }
 
@@ -195,7 +235,11 @@ impl Samples {
 
 /// Runs `cmd`, measuring what it writes to stdout (the download piped out of curl).
 pub fn measure_stdout(cmd: &mut Command, timeout: Duration) -> (Samples, Output) {
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("starting throttle");
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting throttle");
     let mut stdout = child.stdout.take().unwrap();
     let reader = thread::spawn(move || Samples::record(&mut stdout));
     let output = wait_with_timeout(child, timeout);
@@ -214,4 +258,3 @@ pub fn wait_with_timeout(mut child: Child, timeout: Duration) -> Output {
     }
     child.wait_with_output().unwrap()
 }
-

@@ -1,0 +1,80 @@
+//! Turning kernel counters into the figures people read.
+
+use std::{fmt::Write as _, time::Duration};
+
+use throttle_common::{Counters, DOWN, UP};
+
+/// Bytes with a binary unit, as the RATE grammar reads them back: "1.50 MiB".
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.2} {}", UNITS[unit])
+    }
+}
+
+/// A rate in bytes per second: "1.00 MiB/s".
+pub fn rate(bytes_per_sec: f64) -> String {
+    format!("{}/s", bytes(bytes_per_sec.max(0.0).round() as u64))
+}
+
+/// The --summary line: totals, average rates and drops per direction.
+pub fn summary(name: &str, counters: &[Counters; 2], elapsed: Duration) -> String {
+    let secs = elapsed.as_secs_f64().max(1e-3);
+    let mut line = format!("throttle: {name}: {:.2} s", elapsed.as_secs_f64());
+    for (label, c) in [
+        ("down", &counters[DOWN as usize]),
+        ("up", &counters[UP as usize]),
+    ] {
+        let _ = write!(
+            line,
+            "; {label} {} ({}), {} dropped in {} packets",
+            bytes(c.passed_bytes),
+            rate(c.passed_bytes as f64 / secs),
+            bytes(c.dropped_bytes),
+            c.dropped_packets
+        );
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_use_binary_units() {
+        assert_eq!(bytes(0), "0 B");
+        assert_eq!(bytes(1023), "1023 B");
+        assert_eq!(bytes(1536), "1.50 KiB");
+        assert_eq!(bytes(1 << 20), "1.00 MiB");
+        assert_eq!(rate(1048576.0), "1.00 MiB/s");
+    }
+
+    #[test]
+    fn summary_names_both_directions() {
+        let down = Counters {
+            passed_bytes: 2 << 20,
+            passed_packets: 10,
+            dropped_bytes: 3000,
+            dropped_packets: 2,
+        };
+        let line = summary(
+            "wget-1",
+            &[down, Counters::default()],
+            Duration::from_secs(2),
+        );
+        assert_eq!(
+            line,
+            "throttle: wget-1: 2.00 s; down 2.00 MiB (1.00 MiB/s), 2.93 KiB dropped in 2 packets; \
+             up 0 B (0 B/s), 0 B dropped in 0 packets"
+        );
+    }
+}
