@@ -5,6 +5,7 @@ use std::{io::Write as _, time::Duration};
 use crate::harness::{
     self, MIB, Netns, Samples, assert_clean, assert_ratio, measure_stdout, throttle,
 };
+use crate::netlab::Server;
 
 /// At 1 MiB/s, 7 MiB take about 7 s: a 1 s start (the bucket's initial
 /// burst) is left out and at least 5 s are measured.
@@ -24,6 +25,23 @@ fn download(name: &str, limits: &[&str], url: &str, bytes: u64) -> Samples {
         "download failed: {}",
         harness::stderr(&output)
     );
+    assert_eq!(samples.total(), bytes);
+    samples
+}
+
+/// Uploads `bytes` through throttle and returns what the server recorded.
+fn upload(name: &str, limits: &[&str], server: &Server, bytes: u64) -> Samples {
+    let file = upload_file(bytes);
+    let child = upload_command(name, limits, &server.url, &file)
+        .spawn()
+        .unwrap();
+    let output = harness::wait_with_timeout(child, TIMEOUT);
+    assert!(
+        output.status.success(),
+        "upload failed: {}",
+        harness::stderr(&output)
+    );
+    let samples = server.last_upload();
     assert_eq!(samples.total(), bytes);
     samples
 }
@@ -87,20 +105,7 @@ fn upload_is_held_to_its_limit() {
     };
     let netns = Netns::new();
     let server = netns.serve();
-    let file = upload_file(TRANSFER);
-    let output = harness::wait_with_timeout(
-        upload_command("t-up", &["--up", "1M"], &server.url, &file)
-            .spawn()
-            .unwrap(),
-        TIMEOUT,
-    );
-    assert!(
-        output.status.success(),
-        "upload failed: {}",
-        harness::stderr(&output)
-    );
-    let samples = server.last_upload();
-    assert_eq!(samples.total(), TRANSFER);
+    let samples = upload("t-up", &["--up", "1M"], &server, TRANSFER);
     assert_ratio(
         "upload at --up 1M",
         samples.steady_rate(SKIP, WINDOW),
@@ -131,19 +136,7 @@ fn the_unlimited_direction_is_not_slowed() {
     );
     assert_clean("t-free-down");
 
-    let file = upload_file(64 * MIB);
-    let output = harness::wait_with_timeout(
-        upload_command("t-free-up", &["--down", "64K"], &server.url, &file)
-            .spawn()
-            .unwrap(),
-        TIMEOUT,
-    );
-    assert!(
-        output.status.success(),
-        "upload failed: {}",
-        harness::stderr(&output)
-    );
-    let rate = server.last_upload().overall_rate();
+    let rate = upload("t-free-up", &["--down", "64K"], &server, 64 * MIB).overall_rate();
     eprintln!(
         "upload with only --down 64K: {:.1} MiB/s",
         rate / MIB as f64
