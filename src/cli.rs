@@ -100,6 +100,39 @@ pub enum Action {
     Doctor,
     /// Remove what runs killed with SIGKILL left behind (cgroups, lock files); live runs are never touched
     Cleanup,
+    /// List the live runs you may see, with limits, current rates and totals
+    List {
+        /// One JSON array, for scripts
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change a live run's limits (within 100 ms); RATE or 'unlimited'
+    Set {
+        /// The run's name or its wrapper's pid [default: the run this command is inside of]
+        #[arg(value_name = "NAME|PID")]
+        target: Option<String>,
+        /// New download limit
+        #[arg(long, value_name = "RATE|unlimited", value_parser = limit)]
+        down: Option<u64>,
+        /// New upload limit
+        #[arg(long, value_name = "RATE|unlimited", value_parser = limit)]
+        up: Option<u64>,
+        /// New bucket depth
+        #[arg(long, value_name = "SIZE", value_parser = size)]
+        burst: Option<u64>,
+    },
+    /// Show a live run's current rates (sampled over the interval) and totals
+    Stats {
+        /// The run's name or its wrapper's pid [default: the run this command is inside of]
+        #[arg(value_name = "NAME|PID")]
+        target: Option<String>,
+        /// Keep refreshing every INTERVAL [default: 1s]
+        #[arg(long, value_name = "INTERVAL", num_args = 0..=1, default_missing_value = "1s", value_parser = humantime::parse_duration)]
+        watch: Option<Duration>,
+        /// JSON lines, for scripts
+        #[arg(long)]
+        json: bool,
+    },
     /// Print shell completions to stdout
     Completions {
         /// The shell to generate completions for
@@ -109,6 +142,14 @@ pub enum Action {
 
 fn rate(text: &str) -> Result<u64, String> {
     parse_rate(text).map_err(|e| format!("{e}; expected {RATE_FORMS}"))
+}
+
+/// A RATE, or "unlimited" (0) to remove a limit.
+pub fn limit(text: &str) -> Result<u64, String> {
+    if text.eq_ignore_ascii_case("unlimited") {
+        return Ok(0);
+    }
+    rate(text).map_err(|e| format!("{e}, or 'unlimited'"))
 }
 
 fn size(text: &str) -> Result<u64, String> {

@@ -4,6 +4,8 @@
 mod bpf;
 mod cgroup;
 mod cli;
+mod client;
+mod control;
 mod doctor;
 mod guard;
 mod privileges;
@@ -11,11 +13,17 @@ mod runs;
 mod stats;
 mod supervisor;
 
-use std::{ffi::OsStr, path::Path, process::ExitCode};
+use std::{
+    ffi::OsStr,
+    path::Path,
+    process::ExitCode,
+    sync::{Arc, Mutex},
+    time::SystemTime,
+};
 
 use anyhow::{Context as _, Result};
 use clap::{CommandFactory as _, Parser as _, error::ErrorKind};
-use throttle_common::{Limit, policer::default_burst};
+use throttle_common::{DOWN, UP};
 
 use crate::{
     cli::{Action, Cli, RunArgs},
@@ -38,6 +46,27 @@ fn main() -> ExitCode {
         None => run(cli.run).map(|code| ExitCode::from(code as u8)),
         Some(Action::Doctor) => doctor::run(),
         Some(Action::Cleanup) => cleanup(),
+        Some(Action::List { json }) => Ok(client::finish(client::list(json))),
+        Some(Action::Set {
+            target,
+            down,
+            up,
+            burst,
+        }) => Ok(client::finish(client::set(
+            target.as_deref(),
+            down,
+            up,
+            burst,
+        ))),
+        Some(Action::Stats {
+            target,
+            watch,
+            json,
+        }) => Ok(client::finish(client::stats(
+            target.as_deref(),
+            watch,
+            json,
+        ))),
         Some(Action::Completions { shell }) => {
             clap_complete::generate(
                 shell,
@@ -87,8 +116,9 @@ fn run(args: RunArgs) -> Result<i32> {
         .name
         .clone()
         .unwrap_or_else(|| default_name(&args.command[0]));
-    let runtime_dir = runs::runtime_dir();
-    if let Err(e) = runs::sweep(&runtime_dir, &mount) {
+    let owner = runs::owner();
+    let runtime_dir = runs::runtime_dir_of(owner.0);
+    if let Err(e) = runs::sweep(&runs::visible_dirs(), &mount) {
         eprintln!("throttle: warning: cleaning up after earlier runs: {e:#}");
     }
 
@@ -99,36 +129,58 @@ fn run(args: RunArgs) -> Result<i32> {
         &[registration.lock_fd()],
     )?;
     let cgroup = cgroup::RunCgroup::create(&cgroup_path)?;
-    let limits = [limit(args.down, args.burst), limit(args.up, args.burst)];
-    let programs = bpf::Programs::attach(cgroup.dir(), cgroup.path(), limits)?;
+    let limits = control::Limits {
+        rates: [args.down.unwrap_or(0), args.up.unwrap_or(0)],
+        burst: args.burst,
+    };
+    let programs = bpf::Programs::attach(
+        cgroup.dir(),
+        cgroup.path(),
+        [limits.for_direction(DOWN), limits.for_direction(UP)],
+    )?;
+    let state = Arc::new(control::RunState {
+        name: name.clone(),
+        pid: std::process::id(),
+        command: args
+            .command
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect(),
+        started: SystemTime::now(),
+        limits: Mutex::new(limits),
+        programs: Mutex::new(Some(programs)),
+    });
+    let socket = runs::socket_path(&runtime_dir, &name);
+    let server = control::Server::start(&socket, owner, Arc::clone(&state))?;
 
-    let env = [("THROTTLE_NAME", OsStr::new(&name))];
+    let env = [
+        ("THROTTLE_NAME", OsStr::new(&name)),
+        ("THROTTLE_SOCKET", socket.as_os_str()),
+    ];
     let leftovers = Leftovers {
         kill_after: args.kill_after,
         wait_all: args.wait_all,
     };
     let started = std::time::Instant::now();
     let code = supervisor::run(&args.command, &env, &cgroup, forwarding, &leftovers)?;
+    drop(server);
+    let programs = state
+        .programs
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+        .context("the run's programs were already taken")?;
     if args.summary {
         eprintln!(
             "{}",
             stats::summary(&name, &programs.counters()?, started.elapsed())
         );
     }
-
     programs.detach(cgroup.dir())?;
     cgroup.remove()?;
     guard.dismiss();
     drop(registration);
     Ok(code)
-}
-
-fn limit(rate: Option<u64>, burst: Option<u64>) -> Limit {
-    let rate = rate.unwrap_or(0);
-    Limit {
-        rate,
-        burst: burst.unwrap_or_else(|| default_burst(rate)),
-    }
 }
 
 /// `<command>-<pid>`, with the command's name reduced to what a run name allows.
@@ -156,8 +208,8 @@ fn default_name(command: &OsStr) -> String {
 fn cleanup() -> Result<ExitCode> {
     privileges::check()?;
     let mount = cgroup::find_mount()?;
-    let dir = runs::runtime_dir();
-    let swept = runs::sweep(&dir, &mount).context("cleaning up after dead runs")?;
+    let swept =
+        runs::sweep(&runs::visible_dirs(), &mount).context("cleaning up after dead runs")?;
     if swept.is_empty() {
         println!("nothing to clean up");
     }
@@ -190,8 +242,16 @@ mod tests {
 
     #[test]
     fn omitted_limits_are_unlimited_and_bursts_default_by_rate() {
-        assert_eq!(limit(None, None).rate, 0);
-        assert_eq!(limit(Some(1 << 20), None).burst, default_burst(1 << 20));
-        assert_eq!(limit(Some(1 << 20), Some(4096)).burst, 4096);
+        let limits = control::Limits {
+            rates: [0, 1 << 20],
+            burst: None,
+        };
+        assert_eq!(limits.for_direction(DOWN).rate, 0);
+        assert_eq!(limits.for_direction(UP).burst, default_burst(1 << 20));
+        let explicit = control::Limits {
+            burst: Some(4096),
+            ..limits
+        };
+        assert_eq!(explicit.for_direction(UP).burst, 4096);
     }
 }

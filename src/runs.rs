@@ -8,7 +8,9 @@
 use std::{
     fs::{self, DirBuilder, File, OpenOptions},
     io::{self, Read as _, Write as _},
-    os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _},
+    os::unix::fs::{
+        DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _,
+    },
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -18,7 +20,7 @@ use aya::programs::CgroupSkbAttachType;
 use nix::{
     errno::Errno,
     fcntl::{Flock, FlockArg},
-    unistd::{Uid, getpid},
+    unistd::{Gid, Uid, getpid},
 };
 
 use crate::{bpf, cgroup};
@@ -26,23 +28,106 @@ use crate::{bpf, cgroup};
 const LOCK_SUFFIX: &str = ".lock";
 const STALE_KILL_WAIT: Duration = Duration::from_secs(5);
 
-/// The directory holding run lock files (and, later, control sockets).
-pub fn runtime_dir() -> PathBuf {
-    if Uid::effective().is_root() {
-        return PathBuf::from("/run/throttle");
+const SOCKET_SUFFIX: &str = ".sock";
+const ROOT_DIR: &str = "/run/throttle";
+
+/// Who a run belongs to: the user who typed the command, which under sudo
+/// is SUDO_UID rather than root, so they can manage the run without sudo.
+pub fn owner() -> (Uid, Gid) {
+    let from_env = |var: &str| std::env::var(var).ok().and_then(|v| v.parse::<u32>().ok());
+    if Uid::effective().is_root()
+        && let Some(uid) = from_env("SUDO_UID").filter(|uid| *uid != 0)
+    {
+        return (
+            Uid::from_raw(uid),
+            Gid::from_raw(from_env("SUDO_GID").unwrap_or(uid)),
+        );
     }
-    match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(dir) if !dir.is_empty() => Path::new(&dir).join("throttle"),
-        _ => std::env::temp_dir().join(format!("throttle-{}", Uid::effective())),
+    (Uid::effective(), Gid::effective())
+}
+
+/// The directory holding the lock files and control sockets of `owner`'s runs:
+/// /run/throttle for root; otherwise the user's runtime directory
+/// ($XDG_RUNTIME_DIR, else /run/user/UID), else /tmp/throttle-UID.
+pub fn runtime_dir_of(owner: Uid) -> PathBuf {
+    if owner.is_root() {
+        return PathBuf::from(ROOT_DIR);
+    }
+    if owner == Uid::effective()
+        && let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty())
+    {
+        return Path::new(&dir).join("throttle");
+    }
+    let user_run = PathBuf::from(format!("/run/user/{owner}"));
+    if user_run.is_dir() {
+        user_run.join("throttle")
+    } else {
+        std::env::temp_dir().join(format!("throttle-{owner}"))
     }
 }
 
-fn ensure_dir(dir: &Path) -> Result<()> {
+pub fn runtime_dir() -> PathBuf {
+    runtime_dir_of(owner().0)
+}
+
+/// The runtime directories whose runs the caller may see: its own, and for
+/// root every user's as well.
+pub fn visible_dirs() -> Vec<PathBuf> {
+    let mut dirs = vec![runtime_dir_of(Uid::effective())];
+    if Uid::effective().is_root() {
+        let users = fs::read_dir("/run/user")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path().join("throttle"));
+        let tmp = fs::read_dir(std::env::temp_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("throttle-"))
+            .map(|e| e.path());
+        dirs.extend(users.chain(tmp).filter(|d| d.is_dir()));
+    }
+    dirs.sort();
+    dirs.dedup();
+    dirs
+}
+
+/// Creates `dir` (mode 0700) for `owner`, or checks that an existing one
+/// belongs to them and nobody else can enter it.
+pub fn ensure_dir_for(dir: &Path, owner: (Uid, Gid)) -> Result<()> {
     DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .with_context(|| format!("creating {}", dir.display()))
+        .with_context(|| format!("creating {}", dir.display()))?;
+    let meta =
+        fs::symlink_metadata(dir).with_context(|| format!("inspecting {}", dir.display()))?;
+    if meta.uid() != owner.0.as_raw() {
+        if !Uid::effective().is_root() {
+            bail!(
+                "{} belongs to uid {}, not to uid {}; remove it",
+                dir.display(),
+                meta.uid(),
+                owner.0
+            );
+        }
+        nix::unistd::chown(dir, Some(owner.0), Some(owner.1))
+            .with_context(|| format!("handing {} to uid {}", dir.display(), owner.0))?;
+    }
+    if !meta.is_dir() || meta.mode() & 0o077 != 0 {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("setting the mode of {} to 0700", dir.display()))?;
+    }
+    Ok(())
+}
+
+fn ensure_dir(dir: &Path) -> Result<()> {
+    ensure_dir_for(dir, owner())
+}
+
+pub fn socket_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}{SOCKET_SUFFIX}"))
 }
 
 pub fn lock_path(dir: &Path, name: &str) -> PathBuf {
@@ -193,23 +278,29 @@ pub fn stale(dir: &Path) -> Result<Vec<String>> {
 /// inside), their files in the runtime directory, and cgroups under
 /// `<mount>/throttle` that no run has registered and no program is attached
 /// to. Returns the names of the runs removed.
-pub fn sweep(dir: &Path, mount: &Path) -> Result<Vec<String>> {
+pub fn sweep(dirs: &[PathBuf], mount: &Path) -> Result<Vec<String>> {
     let mut swept = Vec::new();
-    for mut run in dead_runs(dir)? {
-        let path = lock_path(dir, &run.name);
-        let record =
-            read_record(&mut run.lock).with_context(|| format!("reading {}", path.display()))?;
-        if let Some(cgroup) = &record.cgroup {
-            cgroup::remove_tree(cgroup, STALE_KILL_WAIT)
-                .with_context(|| format!("removing the cgroup of dead run '{}'", run.name))?;
+    for dir in dirs {
+        for mut run in dead_runs(dir)? {
+            let path = lock_path(dir, &run.name);
+            let record = read_record(&mut run.lock)
+                .with_context(|| format!("reading {}", path.display()))?;
+            if let Some(cgroup) = &record.cgroup {
+                cgroup::remove_tree(cgroup, STALE_KILL_WAIT)
+                    .with_context(|| format!("removing the cgroup of dead run '{}'", run.name))?;
+            }
+            remove_run_files(dir, &run.name)?;
+            swept.push(run.name);
         }
-        remove_run_files(dir, &run.name)?;
-        swept.push(run.name);
     }
-    sweep_unregistered(dir, mount, swept)
+    sweep_unregistered(dirs, mount, swept)
 }
 
-fn sweep_unregistered(dir: &Path, mount: &Path, mut swept: Vec<String>) -> Result<Vec<String>> {
+fn sweep_unregistered(
+    dirs: &[PathBuf],
+    mount: &Path,
+    mut swept: Vec<String>,
+) -> Result<Vec<String>> {
     let runs = mount.join(cgroup::RUNS_DIR);
     let entries = match fs::read_dir(&runs) {
         Ok(entries) => entries,
@@ -219,12 +310,13 @@ fn sweep_unregistered(dir: &Path, mount: &Path, mut swept: Vec<String>) -> Resul
     for entry in entries {
         let entry = entry.with_context(|| format!("listing {}", runs.display()))?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if !entry.file_type().is_ok_and(|t| t.is_dir()) || lock_path(dir, &name).exists() {
+        let registered = dirs.iter().any(|dir| lock_path(dir, &name).exists());
+        if !entry.file_type().is_ok_and(|t| t.is_dir()) || registered {
             continue;
         }
         let path = entry.path();
         if has_programs(&path) {
-            continue; // a live run registered elsewhere (another user's runtime directory)
+            continue; // a live run registered where this caller cannot see
         }
         cgroup::remove_tree(&path, STALE_KILL_WAIT)
             .with_context(|| format!("removing unregistered cgroup {}", path.display()))?;
@@ -247,10 +339,12 @@ fn has_programs(cgroup: &Path) -> bool {
 
 /// Removes a run's files from the runtime directory; missing ones are fine.
 pub fn remove_run_files(dir: &Path, name: &str) -> Result<()> {
-    let path = lock_path(dir, name);
-    match fs::remove_file(&path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("removing {}", path.display())),
+    for path in [socket_path(dir, name), lock_path(dir, name)] {
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("removing {}", path.display())),
+        }
     }
+    Ok(())
 }

@@ -1,0 +1,335 @@
+//! The per-run control socket: a Unix stream socket that answers one JSON
+//! object per line (`info`, `stats`, `set`), for `throttle list/set/stats`
+//! and for any other program (the README documents the protocol).
+//!
+//! It runs on its own threads and shares nothing with the supervisor but the
+//! run's programs behind a mutex held for a map access at a time, so no
+//! client, however slow or malicious, can hold up signal forwarding, reaping
+//! or teardown.
+
+use std::{
+    fs,
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    os::{
+        fd::AsFd as _,
+        unix::{
+            fs::PermissionsExt as _,
+            net::{UnixListener, UnixStream},
+        },
+    },
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    thread::{self, JoinHandle},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use nix::{
+    poll::{PollFd, PollFlags, PollTimeout, poll},
+    sys::socket::{getsockopt, sockopt::PeerCredentials},
+    unistd::{Gid, Uid, chown},
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use throttle_common::{Counters, DOWN, Limit, UP, policer::default_burst, units::parse_size};
+
+use crate::bpf::Programs;
+
+pub const PROTOCOL_VERSION: u64 = 1;
+/// Longest request line accepted; longer ones get an error and the connection closes.
+pub const MAX_LINE: usize = 4096;
+const MAX_CLIENTS: usize = 32;
+/// A client that sends nothing for this long is disconnected.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the socket serves: the run's description and its live programs.
+pub struct RunState {
+    pub name: String,
+    pub pid: u32,
+    pub command: Vec<String>,
+    pub started: SystemTime,
+    pub limits: Mutex<Limits>,
+    /// None once teardown has taken the programs back.
+    pub programs: Mutex<Option<Programs>>,
+}
+
+/// The limits as the user gave them: a burst set explicitly stays; a default
+/// one follows the rate.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub rates: [u64; 2],
+    pub burst: Option<u64>,
+}
+
+impl Limits {
+    pub fn for_direction(&self, direction: u32) -> Limit {
+        let rate = self.rates[direction as usize];
+        Limit {
+            rate,
+            burst: self.burst.unwrap_or_else(|| default_burst(rate)),
+        }
+    }
+
+    fn json(&self) -> Value {
+        let one = |d: u32| {
+            let limit = self.for_direction(d);
+            if limit.rate == 0 {
+                json!({"rate": null, "burst": null})
+            } else {
+                json!({"rate": limit.rate, "burst": limit.burst})
+            }
+        };
+        json!({"down": one(DOWN), "up": one(UP)})
+    }
+}
+
+/// The serving socket; dropping it stops serving and removes the file.
+pub struct Server {
+    path: PathBuf,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Binds `path` (mode 0600, owned by `owner`) and serves `state` on it.
+    pub fn start(path: &Path, owner: (Uid, Gid), state: Arc<RunState>) -> Result<Server> {
+        match fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(e).with_context(|| format!("removing stale socket {}", path.display()));
+            }
+        }
+        let listener = UnixListener::bind(path)
+            .with_context(|| format!("binding control socket {}", path.display()))?;
+        let mut server = Server {
+            path: path.to_path_buf(),
+            stop: Arc::new(AtomicBool::new(false)),
+            thread: None,
+        };
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("setting the mode of {}", path.display()))?;
+        chown(path, Some(owner.0), Some(owner.1))
+            .with_context(|| format!("handing {} to uid {}", path.display(), owner.0))?;
+        let stop = Arc::clone(&server.stop);
+        let thread = thread::Builder::new()
+            .name("control".into())
+            .spawn(move || accept_loop(&listener, &stop, owner.0, &state))
+            .context("starting the control socket thread")?;
+        server.thread = Some(thread);
+        Ok(server)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        if let Err(e) = fs::remove_file(&self.path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            eprintln!("throttle: removing {}: {e}", self.path.display());
+        }
+    }
+}
+
+fn accept_loop(listener: &UnixListener, stop: &AtomicBool, owner: Uid, state: &Arc<RunState>) {
+    let clients = Arc::new(AtomicUsize::new(0));
+    while !stop.load(Ordering::Relaxed) {
+        let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+        if !matches!(poll(&mut fds, PollTimeout::from(100u16)), Ok(n) if n > 0) {
+            continue;
+        }
+        let Ok((mut stream, _)) = listener.accept() else {
+            continue;
+        };
+        if clients.load(Ordering::Relaxed) >= MAX_CLIENTS {
+            let _ = reply(&mut stream, &error("busy: too many clients"));
+            continue;
+        }
+        clients.fetch_add(1, Ordering::Relaxed);
+        let (counter, state) = (Arc::clone(&clients), Arc::clone(state));
+        let spawned = thread::Builder::new().name("client".into()).spawn(move || {
+            serve(stream, owner, &state);
+            counter.fetch_sub(1, Ordering::Relaxed);
+        });
+        if spawned.is_err() {
+            clients.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn error(message: &str) -> Value {
+    json!({"version": PROTOCOL_VERSION, "ok": false, "error": message})
+}
+
+fn reply(stream: &mut UnixStream, value: &Value) -> std::io::Result<()> {
+    let mut line = value.to_string();
+    line.push('\n');
+    stream.write_all(line.as_bytes())
+}
+
+fn serve(mut stream: UnixStream, owner: Uid, state: &RunState) {
+    let allowed = getsockopt(&stream, PeerCredentials).map(|c| Uid::from_raw(c.uid()));
+    if !matches!(allowed, Ok(uid) if uid == owner || uid.is_root()) {
+        let _ = reply(
+            &mut stream,
+            &error("permission denied: only the run's owner and root may use this socket"),
+        );
+        return;
+    }
+    if stream.set_read_timeout(Some(IDLE_TIMEOUT)).is_err()
+        || stream.set_write_timeout(Some(IDLE_TIMEOUT)).is_err()
+    {
+        return;
+    }
+    let Ok(read_half) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(read_half);
+    loop {
+        let mut line = Vec::new();
+        match (&mut reader)
+            .take(MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut line)
+        {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        if line.last() != Some(&b'\n') {
+            let _ = reply(
+                &mut stream,
+                &error(&format!(
+                    "request line longer than {MAX_LINE} bytes, or unterminated"
+                )),
+            );
+            return;
+        }
+        let response = handle(&line, state).unwrap_or_else(|e| error(&format!("{e:#}")));
+        if reply(&mut stream, &response).is_err() {
+            return;
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Request {
+    version: u64,
+    command: String,
+    down: Option<Value>,
+    up: Option<Value>,
+    burst: Option<Value>,
+}
+
+fn handle(line: &[u8], state: &RunState) -> Result<Value> {
+    let request: Request =
+        serde_json::from_slice(line).map_err(|e| anyhow!("malformed request: {e}"))?;
+    if request.version != PROTOCOL_VERSION {
+        bail!(
+            "unsupported protocol version {}; this run speaks {PROTOCOL_VERSION}",
+            request.version
+        );
+    }
+    let is_set = request.command == "set";
+    if !is_set && (request.down.is_some() || request.up.is_some() || request.burst.is_some()) {
+        bail!("'{}' takes no down, up or burst", request.command);
+    }
+    let mut body = match request.command.as_str() {
+        "info" => info(state),
+        "stats" => stats(state)?,
+        "set" => set(state, &request)?,
+        other => bail!("unknown command '{other}'; expected info, stats or set"),
+    };
+    body["version"] = json!(PROTOCOL_VERSION);
+    body["ok"] = json!(true);
+    Ok(body)
+}
+
+fn info(state: &RunState) -> Value {
+    let limits = *state.limits.lock().unwrap_or_else(|p| p.into_inner());
+    let started = state
+        .started
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    json!({
+        "name": state.name,
+        "pid": state.pid,
+        "command": state.command,
+        "started": started,
+        "limits": limits.json(),
+    })
+}
+
+fn counters_json(c: &Counters) -> Value {
+    json!({
+        "passed_bytes": c.passed_bytes,
+        "passed_packets": c.passed_packets,
+        "dropped_bytes": c.dropped_bytes,
+        "dropped_packets": c.dropped_packets,
+    })
+}
+
+fn stats(state: &RunState) -> Result<Value> {
+    let programs = state.programs.lock().unwrap_or_else(|p| p.into_inner());
+    let counters = programs.as_ref().context("the run is ending")?.counters()?;
+    let elapsed = state.started.elapsed().unwrap_or_default().as_secs_f64();
+    Ok(json!({
+        "elapsed": elapsed,
+        "down": counters_json(&counters[DOWN as usize]),
+        "up": counters_json(&counters[UP as usize]),
+    }))
+}
+
+/// A rate in a request: bytes/s as a number, or a string in the RATE grammar, or "unlimited".
+fn rate_value(value: &Value, what: &str) -> Result<u64> {
+    match value {
+        Value::Number(n) => n
+            .as_u64()
+            .filter(|n| *n > 0)
+            .with_context(|| format!("{what}: {n} is not a positive integer")),
+        Value::String(s) => crate::cli::limit(s).map_err(|e| anyhow!("{what}: {e}")),
+        other => bail!(
+            "{what}: expected a rate string, a number of bytes/s or \"unlimited\", got {other}"
+        ),
+    }
+}
+
+fn set(state: &RunState, request: &Request) -> Result<Value> {
+    if request.down.is_none() && request.up.is_none() && request.burst.is_none() {
+        bail!("'set' needs at least one of down, up, burst");
+    }
+    // Held throughout, so concurrent sets apply one after the other.
+    let mut current = state.limits.lock().unwrap_or_else(|p| p.into_inner());
+    let mut limits = *current;
+    if let Some(v) = &request.down {
+        limits.rates[DOWN as usize] = rate_value(v, "down")?;
+    }
+    if let Some(v) = &request.up {
+        limits.rates[UP as usize] = rate_value(v, "up")?;
+    }
+    if let Some(v) = &request.burst {
+        let burst = match v {
+            Value::Number(n) => n
+                .as_u64()
+                .filter(|n| *n > 0)
+                .context("burst: expected a positive integer")?,
+            Value::String(s) => parse_size(s).map_err(|e| anyhow!("burst: {e}"))?,
+            other => bail!("burst: expected a size, got {other}"),
+        };
+        limits.burst = Some(burst);
+    }
+    {
+        let mut programs = state.programs.lock().unwrap_or_else(|p| p.into_inner());
+        let programs = programs.as_mut().context("the run is ending")?;
+        programs.set_limit(DOWN, limits.for_direction(DOWN))?;
+        programs.set_limit(UP, limits.for_direction(UP))?;
+    }
+    *current = limits;
+    Ok(json!({"limits": limits.json()}))
+}
