@@ -28,6 +28,15 @@ _throttle() {
             throttle,help)
                 cmd="throttle__subcmd__help"
                 ;;
+            throttle,list)
+                cmd="throttle__subcmd__list"
+                ;;
+            throttle,set)
+                cmd="throttle__subcmd__set"
+                ;;
+            throttle,stats)
+                cmd="throttle__subcmd__stats"
+                ;;
             throttle__subcmd__help,cleanup)
                 cmd="throttle__subcmd__help__subcmd__cleanup"
                 ;;
@@ -40,6 +49,15 @@ _throttle() {
             throttle__subcmd__help,help)
                 cmd="throttle__subcmd__help__subcmd__help"
                 ;;
+            throttle__subcmd__help,list)
+                cmd="throttle__subcmd__help__subcmd__list"
+                ;;
+            throttle__subcmd__help,set)
+                cmd="throttle__subcmd__help__subcmd__set"
+                ;;
+            throttle__subcmd__help,stats)
+                cmd="throttle__subcmd__help__subcmd__stats"
+                ;;
             *)
                 ;;
         esac
@@ -47,7 +65,7 @@ _throttle() {
 
     case "${cmd}" in
         throttle)
-            opts="-h -V --down --up --burst --name --kill-after --wait-all --summary --help --version doctor cleanup completions help"
+            opts="-h -V --down --up --burst --name --kill-after --wait-all --summary --help --version doctor cleanup list set stats completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -123,7 +141,7 @@ _throttle() {
             return 0
             ;;
         throttle__subcmd__help)
-            opts="doctor cleanup completions help"
+            opts="doctor cleanup list set stats completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -185,6 +203,106 @@ _throttle() {
                 return 0
             fi
             case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        throttle__subcmd__help__subcmd__list)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        throttle__subcmd__help__subcmd__set)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        throttle__subcmd__help__subcmd__stats)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        throttle__subcmd__list)
+            opts="-h --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        throttle__subcmd__set)
+            opts="-h --down --up --burst --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --down)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --up)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --burst)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        throttle__subcmd__stats)
+            opts="-h --watch --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --watch)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;

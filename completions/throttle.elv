@@ -31,6 +31,9 @@ set edit:completion:arg-completer[throttle] = {|@words|
             cand --version 'Print version'
             cand doctor 'Check this machine for everything throttle needs, and say how to fix what is missing'
             cand cleanup 'Remove what runs killed with SIGKILL left behind (cgroups, lock files); live runs are never touched'
+            cand list 'List the live runs you may see, with limits, current rates and totals'
+            cand set 'Change a live run''s limits (within 100 ms); RATE or ''unlimited'''
+            cand stats 'Show a live run''s current rates (sampled over the interval) and totals'
             cand completions 'Print shell completions to stdout'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
@@ -42,6 +45,24 @@ set edit:completion:arg-completer[throttle] = {|@words|
             cand -h 'Print help'
             cand --help 'Print help'
         }
+        &'throttle;list'= {
+            cand --json 'One JSON array, for scripts'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'throttle;set'= {
+            cand --down 'New download limit'
+            cand --up 'New upload limit'
+            cand --burst 'New bucket depth'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'throttle;stats'= {
+            cand --watch 'Keep refreshing every INTERVAL [default: 1s]'
+            cand --json 'JSON lines, for scripts'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
         &'throttle;completions'= {
             cand -h 'Print help'
             cand --help 'Print help'
@@ -49,12 +70,21 @@ set edit:completion:arg-completer[throttle] = {|@words|
         &'throttle;help'= {
             cand doctor 'Check this machine for everything throttle needs, and say how to fix what is missing'
             cand cleanup 'Remove what runs killed with SIGKILL left behind (cgroups, lock files); live runs are never touched'
+            cand list 'List the live runs you may see, with limits, current rates and totals'
+            cand set 'Change a live run''s limits (within 100 ms); RATE or ''unlimited'''
+            cand stats 'Show a live run''s current rates (sampled over the interval) and totals'
             cand completions 'Print shell completions to stdout'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
         &'throttle;help;doctor'= {
         }
         &'throttle;help;cleanup'= {
+        }
+        &'throttle;help;list'= {
+        }
+        &'throttle;help;set'= {
+        }
+        &'throttle;help;stats'= {
         }
         &'throttle;help;completions'= {
         }

@@ -247,7 +247,10 @@ mod tests {
             burst: None,
         };
         assert_eq!(limits.for_direction(DOWN).rate, 0);
-        assert_eq!(limits.for_direction(UP).burst, default_burst(1 << 20));
+        assert_eq!(
+            limits.for_direction(UP).burst,
+            throttle_common::policer::default_burst(1 << 20)
+        );
         let explicit = control::Limits {
             burst: Some(4096),
             ..limits

@@ -85,8 +85,10 @@ pub fn loaded_throttle_programs() -> Vec<u32> {
 pub fn assert_clean(name: &str) {
     let cgroup = run_cgroup(name);
     assert!(!cgroup.exists(), "{} was left behind", cgroup.display());
-    let lock = Path::new("/run/throttle").join(format!("{name}.lock"));
-    assert!(!lock.exists(), "{} was left behind", lock.display());
+    for file in [format!("{name}.lock"), format!("{name}.sock")] {
+        let path = Path::new("/run/throttle").join(file);
+        assert!(!path.exists(), "{} was left behind", path.display());
+    }
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
         let programs = loaded_throttle_programs();

@@ -182,7 +182,7 @@ fn serve_one(mut stream: TcpStream, uploads: &Mutex<Vec<Samples>>) {
 
 /// When bytes arrived: (time since the first byte, total bytes so far).
 #[derive(Clone, Debug, Default)]
-pub struct Samples(Vec<(Duration, u64)>);
+pub struct Samples(Vec<(Duration, u64)>, Option<Instant>);
 
 impl Samples {
     /// Reads `source` to its end, noting the time of every read.
@@ -201,7 +201,26 @@ impl Samples {
                 }
             }
         }
-        Samples(samples)
+        Samples(samples, first)
+    }
+
+    /// When the first byte arrived.
+    pub fn first_byte(&self) -> Option<Instant> {
+        self.1
+    }
+
+    /// Bytes per second between two offsets from the first byte.
+    pub fn rate_between(&self, from: Duration, to: Duration) -> f64 {
+        let at = |t: Duration| {
+            self.0
+                .iter()
+                .take_while(|s| s.0 <= t)
+                .last()
+                .copied()
+                .unwrap_or_default()
+        };
+        let (a, b) = (at(from), at(to));
+        (b.1 - a.1) as f64 / (b.0 - a.0).as_secs_f64().max(1e-6)
     }
 
     pub fn total(&self) -> u64 {
