@@ -7,9 +7,9 @@ use crate::harness::{
 };
 use crate::netlab::Server;
 
-/// At 1 MiB/s, 7 MiB take about 7 s: a 1 s start (the bucket's initial
+/// At 1 MiB/s, 10 MiB take about 10 s: a 1 s start (the bucket's initial
 /// burst) is left out and at least 5 s are measured.
-const TRANSFER: u64 = 7 * MIB;
+const TRANSFER: u64 = 10 * MIB;
 const SKIP: Duration = Duration::from_secs(1);
 const WINDOW: Duration = Duration::from_secs(5);
 const TIMEOUT: Duration = Duration::from_secs(40);
