@@ -90,6 +90,11 @@ pub fn run_parent(mount: &Path, own: &Path) -> PathBuf {
     }
 }
 
+/// The parent for this process's runs: [`run_parent`] of its own cgroup.
+pub fn runs_parent(mount: &Path) -> Result<PathBuf> {
+    Ok(run_parent(mount, &own_cgroup(mount)?))
+}
+
 /// A run's cgroup, removed with everything in it when dropped.
 pub struct RunCgroup {
     path: PathBuf,

@@ -121,7 +121,7 @@ fn sockets() -> Vec<PathBuf> {
     all
 }
 
-/// Finds the run named NAME, or whose wrapper or command has pid PID; with
+/// Finds the run named NAME, or whose wrapper has pid PID; with
 /// no target, the run this process is inside of (THROTTLE_SOCKET).
 fn find(target: Option<&str>) -> Outcome<Run> {
     let Some(target) = target else {
@@ -144,10 +144,7 @@ fn find(target: Option<&str>) -> Outcome<Run> {
         }
         let mut run = match Run::connect(&socket) {
             Ok(run) => run,
-            Err(e) if pid.is_some() => {
-                let _ = e;
-                continue;
-            }
+            Err(_) if pid.is_some() => continue,
             Err(e) => return Err(e),
         };
         if pid.is_none()

@@ -286,19 +286,29 @@ fn stats(state: &RunState) -> Result<Value> {
     }))
 }
 
-/// A rate in a request: bytes/s as a number, or a string in the RATE grammar, or "unlimited".
-fn rate_value(value: &Value, what: &str) -> Result<u64> {
+/// An amount in a request: a positive number, or a string that `parse`
+/// reads (the RATE grammar with "unlimited", or a SIZE).
+fn amount(
+    value: &Value,
+    what: &str,
+    parse: fn(&str) -> Result<u64, String>,
+    expected: &str,
+) -> Result<u64> {
     match value {
         Value::Number(n) => n
             .as_u64()
             .filter(|n| *n > 0)
             .with_context(|| format!("{what}: {n} is not a positive integer")),
-        Value::String(s) => crate::cli::limit(s).map_err(|e| anyhow!("{what}: {e}")),
-        other => bail!(
-            "{what}: expected a rate string, a number of bytes/s or \"unlimited\", got {other}"
-        ),
+        Value::String(s) => parse(s).map_err(|e| anyhow!("{what}: {e}")),
+        other => bail!("{what}: expected {expected}, got {other}"),
     }
 }
+
+fn size(text: &str) -> Result<u64, String> {
+    parse_size(text).map_err(|e| e.to_string())
+}
+
+const RATE_EXPECTED: &str = "a rate string, a number of bytes/s or \"unlimited\"";
 
 fn set(state: &RunState, request: &Request) -> Result<Value> {
     if request.down.is_none() && request.up.is_none() && request.burst.is_none() {
@@ -308,21 +318,18 @@ fn set(state: &RunState, request: &Request) -> Result<Value> {
     let mut current = state.limits.lock().unwrap_or_else(|p| p.into_inner());
     let mut limits = *current;
     if let Some(v) = &request.down {
-        limits.rates[DOWN as usize] = rate_value(v, "down")?;
+        limits.rates[DOWN as usize] = amount(v, "down", crate::cli::limit, RATE_EXPECTED)?;
     }
     if let Some(v) = &request.up {
-        limits.rates[UP as usize] = rate_value(v, "up")?;
+        limits.rates[UP as usize] = amount(v, "up", crate::cli::limit, RATE_EXPECTED)?;
     }
     if let Some(v) = &request.burst {
-        let burst = match v {
-            Value::Number(n) => n
-                .as_u64()
-                .filter(|n| *n > 0)
-                .context("burst: expected a positive integer")?,
-            Value::String(s) => parse_size(s).map_err(|e| anyhow!("burst: {e}"))?,
-            other => bail!("burst: expected a size, got {other}"),
-        };
-        limits.burst = Some(burst);
+        limits.burst = Some(amount(
+            v,
+            "burst",
+            size,
+            "a size string or a number of bytes",
+        )?);
     }
     {
         let mut programs = state.programs.lock().unwrap_or_else(|p| p.into_inner());

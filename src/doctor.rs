@@ -86,8 +86,7 @@ fn kernel() -> Result<String> {
 }
 
 fn run_parent(mount: &Path) -> Result<String> {
-    let own = cgroup::own_cgroup(mount)?;
-    let parent = cgroup::run_parent(mount, &own);
+    let parent = cgroup::runs_parent(mount)?;
     let existing = parent.ancestors().find(|p| p.exists()).unwrap_or(mount);
     nix::unistd::access(existing, nix::unistd::AccessFlags::W_OK)
         .with_context(|| format!("{} is not writable; run as root", existing.display()))?;
@@ -112,7 +111,7 @@ fn cgroup_kill(mount: &Path) -> Result<String> {
 /// Loads the programs and attaches them to a scratch cgroup, proving the
 /// verifier, the attach and the detach all work here.
 fn load_and_attach(mount: &Path) -> Result<String> {
-    let parent = cgroup::run_parent(mount, &cgroup::own_cgroup(mount)?);
+    let parent = cgroup::runs_parent(mount)?;
     let path: PathBuf = parent.join(format!("doctor-{}", std::process::id()));
     let scratch = cgroup::RunCgroup::create(&path)?;
     let programs = bpf::Programs::attach(scratch.dir(), scratch.path(), [Limit::default(); 2])?;
@@ -122,8 +121,7 @@ fn load_and_attach(mount: &Path) -> Result<String> {
 }
 
 fn stale_runs() -> Result<String> {
-    let dir = runs::runtime_dir();
-    let stale = runs::stale(&dir)?;
+    let stale = runs::stale(&runs::visible_dirs())?;
     if stale.is_empty() {
         Ok("none".into())
     } else {

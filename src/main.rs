@@ -111,7 +111,7 @@ fn run(args: RunArgs) -> Result<i32> {
     let forwarding = Forwarding::install()?;
     privileges::check()?;
     let mount = cgroup::find_mount()?;
-    let parent = cgroup::run_parent(&mount, &cgroup::own_cgroup(&mount)?);
+    let parent = cgroup::runs_parent(&mount)?;
     let name = args
         .name
         .clone()

@@ -269,9 +269,14 @@ fn dead_runs(dir: &Path) -> Result<Vec<DeadRun>> {
     Ok(dead)
 }
 
-/// Names of registered runs whose wrapper is gone.
-pub fn stale(dir: &Path) -> Result<Vec<String>> {
-    Ok(dead_runs(dir)?.into_iter().map(|run| run.name).collect())
+/// Names of registered runs whose wrapper is gone, in the directories the
+/// sweep would clean.
+pub fn stale(dirs: &[PathBuf]) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    for dir in dirs {
+        names.extend(dead_runs(dir)?.into_iter().map(|run| run.name));
+    }
+    Ok(names)
 }
 
 /// Removes what dead runs left behind: their cgroups (killing anything still
