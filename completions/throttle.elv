@@ -20,7 +20,7 @@ set edit:completion:arg-completer[throttle] = {|@words|
         &'throttle'= {
             cand --down 'Limit the download (ingress) rate; unlimited if omitted'
             cand --up 'Limit the upload (egress) rate; unlimited if omitted'
-            cand --burst 'Bucket depth: how far a burst may run ahead of the rate [default: 250 ms of the rate, at least 256K]'
+            cand --burst 'Bucket depth: how far a burst may run ahead of the rate [default: 250 ms of the rate, at least 16K]'
             cand --name 'Name of the run, for ''throttle list/set/stats'' [default: COMMAND-PID]'
             cand --kill-after 'After COMMAND exits, how long processes it left behind get between SIGTERM and SIGKILL'
             cand --wait-all 'After COMMAND exits, wait for the processes it left behind (still throttled) instead of killing them'

@@ -26,7 +26,7 @@ end
 
 complete -c throttle -n "__fish_throttle_needs_command" -l down -d 'Limit the download (ingress) rate; unlimited if omitted' -r
 complete -c throttle -n "__fish_throttle_needs_command" -l up -d 'Limit the upload (egress) rate; unlimited if omitted' -r
-complete -c throttle -n "__fish_throttle_needs_command" -l burst -d 'Bucket depth: how far a burst may run ahead of the rate [default: 250 ms of the rate, at least 256K]' -r
+complete -c throttle -n "__fish_throttle_needs_command" -l burst -d 'Bucket depth: how far a burst may run ahead of the rate [default: 250 ms of the rate, at least 16K]' -r
 complete -c throttle -n "__fish_throttle_needs_command" -l name -d 'Name of the run, for \'throttle list/set/stats\' [default: COMMAND-PID]' -r
 complete -c throttle -n "__fish_throttle_needs_command" -l kill-after -d 'After COMMAND exits, how long processes it left behind get between SIGTERM and SIGKILL' -r
 complete -c throttle -n "__fish_throttle_needs_command" -l wait-all -d 'After COMMAND exits, wait for the processes it left behind (still throttled) instead of killing them'

@@ -18,20 +18,58 @@ use aya::{
     Ebpf,
     maps::{Array, PerCpuArray},
     programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError, cgroup_skb::CgroupSkbLinkId,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError, SockOps,
+        cgroup_skb::CgroupSkbLinkId, sock_ops::SockOpsLinkId,
     },
 };
 use throttle_common::{
-    Counters, DIRECTIONS, DOWN, Limit, MAP_COUNTERS, MAP_LIMITS, PROG_DOWN, PROG_UP, UP,
+    Counters, DIRECTIONS, DOWN, Limit, MAP_COUNTERS, MAP_LIMITS, PROG_DOWN, PROG_SOCKETS, PROG_UP,
+    UP,
 };
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/throttle"));
 
+/// Where on the cgroup a program hangs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    /// Every packet delivered to a socket of the cgroup (the download policer).
+    Ingress,
+    /// Every packet a socket of the cgroup sends (the upload policer).
+    Egress,
+    /// TCP socket events (window clamp and pacing, see `throttle_common::sockets`).
+    Sockets,
+}
+
+impl Hook {
+    pub const ALL: [Hook; 3] = [Hook::Ingress, Hook::Egress, Hook::Sockets];
+
+    fn program(self) -> &'static str {
+        match self {
+            Hook::Ingress => PROG_DOWN,
+            Hook::Egress => PROG_UP,
+            Hook::Sockets => PROG_SOCKETS,
+        }
+    }
+
+    /// The kernel's `enum bpf_attach_type` value (include/uapi/linux/bpf.h).
+    fn attach_type(self) -> u32 {
+        match self {
+            Hook::Ingress => 0,
+            Hook::Egress => 1,
+            Hook::Sockets => 3,
+        }
+    }
+}
+
+enum LinkId {
+    Skb(CgroupSkbLinkId),
+    Sockets(SockOpsLinkId),
+}
+
 /// One program attached to the run's cgroup.
 struct Attachment {
-    program: &'static str,
-    attach_type: CgroupSkbAttachType,
-    link: CgroupSkbLinkId,
+    hook: Hook,
+    link: LinkId,
     /// Kept from attach time so teardown can check the kernel without
     /// asking the (possibly closed) program for it.
     prog_id: u32,
@@ -46,7 +84,7 @@ pub struct Programs {
 
 impl Programs {
     /// Loads the programs, writes `limits` (indexed by direction) into their
-    /// maps, and attaches both to the cgroup open at `cgroup_dir`.
+    /// maps, and attaches all of them to the cgroup open at `cgroup_dir`.
     ///
     /// Limits are written before attaching, so the first packet already sees them.
     pub fn attach(
@@ -60,49 +98,66 @@ impl Programs {
         let mut programs = Programs {
             ebpf,
             cgroup: cgroup.to_path_buf(),
-            attachments: Vec::with_capacity(2),
+            attachments: Vec::with_capacity(Hook::ALL.len()),
         };
         programs.set_limit(DOWN, limits[DOWN as usize])?;
         programs.set_limit(UP, limits[UP as usize])?;
-        programs.attach_one(PROG_DOWN, CgroupSkbAttachType::Ingress, cgroup_dir)?;
-        programs.attach_one(PROG_UP, CgroupSkbAttachType::Egress, cgroup_dir)?;
+        for hook in Hook::ALL {
+            programs.attach_one(hook, cgroup_dir)?;
+        }
         Ok(programs)
     }
 
-    fn attach_one(
-        &mut self,
-        name: &'static str,
-        attach_type: CgroupSkbAttachType,
-        cgroup_dir: BorrowedFd<'_>,
-    ) -> Result<()> {
-        let program: &mut CgroupSkb = self
+    fn attach_one(&mut self, hook: Hook, cgroup_dir: BorrowedFd<'_>) -> Result<()> {
+        let name = hook.program();
+        let program = self
             .ebpf
             .program_mut(name)
-            .with_context(|| format!("the eBPF object has no program {name}"))?
-            .try_into()
-            .with_context(|| format!("{name} is not a cgroup_skb program"))?;
-        program
-            .load()
-            .map_err(explain_load)
-            .with_context(|| format!("the kernel refused to load the cgroup_skb program {name}"))?;
-        let prog_id = program
-            .info()
-            .context("reading the loaded program's id")?
-            .id();
+            .with_context(|| format!("the eBPF object has no program {name}"))?;
         // The default mode: a cgroup bpf_link already coexists with other
         // programs, and AllowMultiple is refused with EINVAL on some kernels.
-        let link = program
-            .attach(cgroup_dir, attach_type, CgroupAttachMode::default())
-            .map_err(|e| anyhow!(e))
-            .with_context(|| {
-                format!(
-                    "could not attach {name} to {} (cgroup bpf_link needs Linux 5.7+ and CAP_NET_ADMIN)",
-                    self.cgroup.display()
-                )
-            })?;
+        let mode = CgroupAttachMode::default();
+        let (prog_id, link) = match hook {
+            Hook::Ingress | Hook::Egress => {
+                let program: &mut CgroupSkb = program.try_into()?;
+                program.load().map_err(explain_load).with_context(|| {
+                    format!("the kernel refused to load the cgroup_skb program {name}")
+                })?;
+                let id = program
+                    .info()
+                    .context("reading the loaded program's id")?
+                    .id();
+                let attach_type = if hook == Hook::Ingress {
+                    CgroupSkbAttachType::Ingress
+                } else {
+                    CgroupSkbAttachType::Egress
+                };
+                let link = program
+                    .attach(cgroup_dir, attach_type, mode)
+                    .map_err(|e| anyhow!(e));
+                (id, link.map(LinkId::Skb))
+            }
+            Hook::Sockets => {
+                let program: &mut SockOps = program.try_into()?;
+                program.load().map_err(explain_load).with_context(|| {
+                    format!("the kernel refused to load the sock_ops program {name}")
+                })?;
+                let id = program
+                    .info()
+                    .context("reading the loaded program's id")?
+                    .id();
+                let link = program.attach(cgroup_dir, mode).map_err(|e| anyhow!(e));
+                (id, link.map(LinkId::Sockets))
+            }
+        };
+        let link = link.with_context(|| {
+            format!(
+                "could not attach {name} to {} (cgroup bpf_link needs Linux 5.7+ and CAP_NET_ADMIN)",
+                self.cgroup.display()
+            )
+        })?;
         self.attachments.push(Attachment {
-            program: name,
-            attach_type,
+            hook,
             link,
             prog_id,
         });
@@ -137,33 +192,28 @@ impl Programs {
         Ok(totals)
     }
 
-    /// Detaches both programs and proves with the kernel's own attachment
+    /// Detaches every program and proves with the kernel's own attachment
     /// list that neither is left on the cgroup.
     pub fn detach(mut self, cgroup_dir: BorrowedFd<'_>) -> Result<()> {
         for attachment in std::mem::take(&mut self.attachments) {
-            let program: &mut CgroupSkb = self
+            let name = attachment.hook.program();
+            let program = self
                 .ebpf
-                .program_mut(attachment.program)
-                .with_context(|| format!("the eBPF object has no program {}", attachment.program))?
-                .try_into()?;
-            program
-                .detach(attachment.link)
+                .program_mut(name)
+                .with_context(|| format!("the eBPF object has no program {name}"))?;
+            let detached = match attachment.link {
+                LinkId::Skb(link) => <&mut CgroupSkb>::try_from(program)?.detach(link),
+                LinkId::Sockets(link) => <&mut SockOps>::try_from(program)?.detach(link),
+            };
+            detached
                 .map_err(|e| anyhow!(e))
-                .with_context(|| {
-                    format!(
-                        "detaching {} from {}",
-                        attachment.program,
-                        self.cgroup.display()
-                    )
-                })?;
-            let still =
-                attached_program_ids(cgroup_dir, attachment.attach_type).with_context(|| {
-                    format!("querying programs attached to {}", self.cgroup.display())
-                })?;
+                .with_context(|| format!("detaching {name} from {}", self.cgroup.display()))?;
+            let still = attached_program_ids(cgroup_dir, attachment.hook).with_context(|| {
+                format!("querying programs attached to {}", self.cgroup.display())
+            })?;
             if still.contains(&attachment.prog_id) {
                 bail!(
-                    "{} (id {}) is still attached to {} after detaching it",
-                    attachment.program,
+                    "{name} (id {}) is still attached to {} after detaching it",
                     attachment.prog_id,
                     self.cgroup.display()
                 );
@@ -199,12 +249,9 @@ fn explain_load(error: ProgramError) -> anyhow::Error {
     }
 }
 
-/// Ids of the programs attached directly to a cgroup for one attach type,
-/// from BPF_PROG_QUERY (aya offers no query for cgroup_skb).
-pub fn attached_program_ids(
-    cgroup_dir: BorrowedFd<'_>,
-    attach_type: CgroupSkbAttachType,
-) -> io::Result<Vec<u32>> {
+/// Ids of the programs attached directly to a cgroup at one hook, from
+/// BPF_PROG_QUERY (aya offers no query for cgroup programs).
+pub fn attached_program_ids(cgroup_dir: BorrowedFd<'_>, hook: Hook) -> io::Result<Vec<u32>> {
     // The BPF_PROG_QUERY member of union bpf_attr (include/uapi/linux/bpf.h).
     #[repr(C)]
     #[derive(Default)]
@@ -218,17 +265,12 @@ pub fn attached_program_ids(
         _pad: u32,
     }
     const BPF_PROG_QUERY: libc::c_long = 16;
-    const BPF_CGROUP_INET_INGRESS: u32 = 0;
-    const BPF_CGROUP_INET_EGRESS: u32 = 1;
     const MAX_PROGS: usize = 64;
 
     let mut ids = vec![0u32; MAX_PROGS];
     let mut attr = QueryAttr {
         target_fd: cgroup_dir.as_raw_fd() as u32,
-        attach_type: match attach_type {
-            CgroupSkbAttachType::Ingress => BPF_CGROUP_INET_INGRESS,
-            CgroupSkbAttachType::Egress => BPF_CGROUP_INET_EGRESS,
-        },
+        attach_type: hook.attach_type(),
         prog_ids: ids.as_mut_ptr() as u64,
         prog_cnt: MAX_PROGS as u32,
         ..Default::default()

@@ -63,7 +63,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "RATE", value_parser = rate)]
     pub up: Option<u64>,
 
-    /// Bucket depth: how far a burst may run ahead of the rate [default: 250 ms of the rate, at least 256K]
+    /// Bucket depth: how far a burst may run ahead of the rate [default: 250 ms of the rate, at least 16K]
     #[arg(long, value_name = "SIZE", value_parser = size)]
     pub burst: Option<u64>,
 

@@ -16,7 +16,6 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use aya::programs::CgroupSkbAttachType;
 use nix::{
     errno::Errno,
     fcntl::{Flock, FlockArg},
@@ -334,12 +333,10 @@ fn has_programs(cgroup: &Path) -> bool {
     let Ok(dir) = File::open(cgroup) else {
         return false;
     };
-    [CgroupSkbAttachType::Ingress, CgroupSkbAttachType::Egress]
-        .into_iter()
-        .any(|t| {
-            bpf::attached_program_ids(std::os::fd::AsFd::as_fd(&dir), t)
-                .is_ok_and(|ids| !ids.is_empty())
-        })
+    bpf::Hook::ALL.into_iter().any(|hook| {
+        bpf::attached_program_ids(std::os::fd::AsFd::as_fd(&dir), hook)
+            .is_ok_and(|ids| !ids.is_empty())
+    })
 }
 
 /// Removes a run's files from the runtime directory; missing ones are fine.

@@ -6,6 +6,7 @@
 
 pub mod packet;
 pub mod policer;
+pub mod sockets;
 pub mod units;
 
 /// Index of the download (ingress) direction in the per-direction maps.
@@ -22,6 +23,7 @@ pub const MAP_COUNTERS: &str = "COUNTERS";
 /// Names of the programs in the eBPF object (kernel program names are cut at 15 bytes).
 pub const PROG_DOWN: &str = "throttle_down";
 pub const PROG_UP: &str = "throttle_up";
+pub const PROG_SOCKETS: &str = "throttle_socks";
 
 /// A direction's limit as userspace writes it into the `LIMITS` map.
 ///

@@ -16,15 +16,20 @@
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
-    helpers::bpf_ktime_get_ns,
-    macros::{cgroup_skb, map},
+    bindings::{
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_HDR_OPT_LEN_CB,
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG,
+    },
+    helpers::{bpf_ktime_get_ns, bpf_setsockopt},
+    macros::{cgroup_skb, map, sock_ops},
     maps::{Array, PerCpuArray},
-    programs::SkBuffContext,
+    programs::{SkBuffContext, SockOpsContext},
 };
 use throttle_common::{
     Counters, DIRECTIONS, DOWN, Limit, UP,
     packet::{IPPROTO_TCP, ip_header_len, layout, tcp_without_payload},
     policer::{Step, police},
+    sockets::{pacing_rate, receive_window},
 };
 
 #[map(name = "LIMITS")]
@@ -55,6 +60,59 @@ pub fn throttle_up(ctx: SkBuffContext) -> i32 {
         PASS
     } else {
         DROP_CONGESTED
+    }
+}
+
+/// Runs for the TCP sockets of the cgroup: from the handshake on, and then
+/// before every segment a socket sends, it keeps the socket's receive window
+/// and pacing cap in line with the current limits, so a `throttle set`
+/// reaches existing connections with their next ACK or data segment.
+#[sock_ops]
+pub fn throttle_socks(ctx: SockOpsContext) -> u32 {
+    let op = ctx.op();
+    if op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB || op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB {
+        // Asks for a callback per outgoing segment (the header-option
+        // length query); no option is ever written.
+        let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG) as i32);
+        tune(&ctx);
+    } else if op == BPF_SOCK_OPS_HDR_OPT_LEN_CB {
+        tune(&ctx);
+    }
+    1
+}
+
+const SOL_SOCKET: i32 = 1;
+const SO_MAX_PACING_RATE: i32 = 47;
+const SOL_TCP: i32 = 6;
+const TCP_WINDOW_CLAMP: i32 = 10;
+
+#[inline(always)]
+fn tune(ctx: &SockOpsContext) {
+    let (Some(down), Some(up)) = (LIMITS.get(DOWN), LIMITS.get(UP)) else {
+        return;
+    };
+    // SAFETY: ctx.ops is the kernel's bpf_sock_ops for this call; the
+    // options point to locals of the size passed. Failures only mean the
+    // socket keeps its current setting; the policer still holds the limit.
+    unsafe {
+        if let Some(window) = receive_window(down.rate, (*ctx.ops).srtt_us) {
+            let mut window = window as i32;
+            bpf_setsockopt(
+                ctx.ops.cast(),
+                SOL_TCP,
+                TCP_WINDOW_CLAMP,
+                (&mut window as *mut i32).cast(),
+                4,
+            );
+        }
+        let mut pacing = pacing_rate(up.rate);
+        bpf_setsockopt(
+            ctx.ops.cast(),
+            SOL_SOCKET,
+            SO_MAX_PACING_RATE,
+            (&mut pacing as *mut u32).cast(),
+            4,
+        );
     }
 }
 

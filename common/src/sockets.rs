@@ -1,0 +1,83 @@
+//! Per-socket settings that make TCP slow down before the policer has to
+//! drop anything: a receive-window clamp for downloads and a pacing cap for
+//! uploads. The policer stays the hard limit; these only spare it work.
+
+/// The kernel's `tp->srtt_us` (as `bpf_sock_ops` exposes it) is the
+/// smoothed RTT in microseconds shifted left by three.
+const SRTT_SHIFT: u32 = 3;
+
+/// How many round trips of the download limit the receive window holds.
+/// One would stall the flow as soon as the RTT grows past the handshake's.
+pub const WINDOW_RTTS: u64 = 4;
+
+/// Smallest receive window the clamp sets: a few full-size segments, so a
+/// low-RTT link (where rate × RTT is a few hundred bytes) still gets a
+/// window that keeps the ACK clock running.
+pub const MIN_WINDOW: u64 = 4 * 1024;
+
+/// Largest window the clamp sets; beyond it the clamp would be a no-op.
+pub const MAX_WINDOW: u64 = 1 << 30;
+
+/// The receive window for a download limited to `rate` bytes/s on a socket
+/// whose scaled smoothed RTT is `srtt_scaled`, or `None` when the direction
+/// is unlimited (no clamp).
+///
+/// A sender can have at most one window in flight, so a window of a few
+/// RTTs of the limit caps how much it can send into an empty bucket: when
+/// the policer does drop, it drops a few segments instead of a whole
+/// congestion window of 64 KiB GSO packets.
+#[inline(always)]
+pub fn receive_window(rate: u64, srtt_scaled: u32) -> Option<u32> {
+    if rate == 0 {
+        return None;
+    }
+    let srtt_us = u64::from(srtt_scaled >> SRTT_SHIFT);
+    // rate ≤ 2^34 and srtt_us < 2^29, so the product stays below 2^63.
+    let window = WINDOW_RTTS * rate / 1_000 * srtt_us / 1_000;
+    Some(window.clamp(MIN_WINDOW, MAX_WINDOW) as u32)
+}
+
+/// The value for `SO_MAX_PACING_RATE`: the upload limit, or "no cap"
+/// (`u32::MAX`, the kernel's ~0U) when unlimited. Rates beyond what the
+/// 32-bit option can say are left uncapped; the policer still holds them.
+#[inline(always)]
+pub fn pacing_rate(rate: u64) -> u32 {
+    if rate == 0 || rate >= u64::from(u32::MAX) {
+        u32::MAX
+    } else {
+        rate as u32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn unlimited_means_no_clamp_and_no_pacing() {
+        assert_eq!(receive_window(0, 8 * 50_000), None);
+        assert_eq!(pacing_rate(0), u32::MAX);
+    }
+
+    #[test]
+    fn window_is_a_few_round_trips_of_the_limit() {
+        // 1 MiB/s at 50 ms: 4 × 52 KB.
+        let w = receive_window(MIB, 8 * 50_000).unwrap();
+        assert!((200_000..=210_000).contains(&w), "{w}");
+    }
+
+    #[test]
+    fn low_rtt_gets_the_minimum_window() {
+        assert_eq!(receive_window(MIB, 8 * 40), Some(MIN_WINDOW as u32));
+    }
+
+    #[test]
+    fn extreme_values_saturate() {
+        let top = receive_window(crate::policer::MAX_RATE, u32::MAX).unwrap();
+        assert_eq!(u64::from(top), MAX_WINDOW);
+        assert_eq!(pacing_rate(crate::policer::MAX_RATE), u32::MAX);
+        assert_eq!(pacing_rate(u64::from(u32::MAX) - 1), u32::MAX - 1);
+    }
+}
