@@ -4,7 +4,7 @@
 
 use std::{ffi::OsString, time::Duration};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use clap_complete::Shell;
 use throttle_common::units::{RATE_FORMS, SIZE_FORMS, parse_rate, parse_size};
 
@@ -80,8 +80,14 @@ pub struct RunArgs {
     pub wait_all: bool,
 
     /// At exit, print one line on stderr: bytes, duration, average rates and drops per direction
-    #[arg(long)]
-    pub summary: bool,
+    #[arg(
+        long,
+        value_name = "FORMAT",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "text"
+    )]
+    pub summary: Option<SummaryFormat>,
 
     /// The command to run, with its arguments
     #[arg(
@@ -92,6 +98,15 @@ pub struct RunArgs {
         num_args = 1..
     )]
     pub command: Vec<OsString>,
+}
+
+/// How `--summary` prints its line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SummaryFormat {
+    /// For people: units and rounding
+    Text,
+    /// One JSON object with exact byte and packet counts, for scripts
+    Json,
 }
 
 #[derive(Debug, Subcommand)]

@@ -34,9 +34,9 @@ use nix::{
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
-use throttle_common::{Counters, DOWN, Limit, UP, policer::default_burst, units::parse_size};
+use throttle_common::{DOWN, Limit, UP, policer::default_burst, units::parse_size};
 
-use crate::bpf::Programs;
+use crate::{bpf::Programs, stats};
 
 pub const PROTOCOL_VERSION: u64 = 1;
 /// Longest request line accepted; longer ones get an error and the connection closes.
@@ -266,23 +266,14 @@ fn info(state: &RunState) -> Value {
     })
 }
 
-fn counters_json(c: &Counters) -> Value {
-    json!({
-        "passed_bytes": c.passed_bytes,
-        "passed_packets": c.passed_packets,
-        "dropped_bytes": c.dropped_bytes,
-        "dropped_packets": c.dropped_packets,
-    })
-}
-
 fn stats(state: &RunState) -> Result<Value> {
     let programs = state.programs.lock().unwrap_or_else(|p| p.into_inner());
     let counters = programs.as_ref().context("the run is ending")?.counters()?;
     let elapsed = state.started.elapsed().unwrap_or_default().as_secs_f64();
     Ok(json!({
         "elapsed": elapsed,
-        "down": counters_json(&counters[DOWN as usize]),
-        "up": counters_json(&counters[UP as usize]),
+        "down": stats::counters_json(&counters[DOWN as usize]),
+        "up": stats::counters_json(&counters[UP as usize]),
     }))
 }
 

@@ -26,7 +26,7 @@ use clap::{CommandFactory as _, Parser as _, error::ErrorKind};
 use throttle_common::{DOWN, UP};
 
 use crate::{
-    cli::{Action, Cli, RunArgs},
+    cli::{Action, Cli, RunArgs, SummaryFormat},
     guard::{Cleanup, Guard},
     runs::Registration,
     supervisor::{Forwarding, Leftovers},
@@ -170,11 +170,13 @@ fn run(args: RunArgs) -> Result<i32> {
         .unwrap_or_else(|p| p.into_inner())
         .take()
         .context("the run's programs were already taken")?;
-    if args.summary {
-        eprintln!(
-            "{}",
-            stats::summary(&name, &programs.counters()?, started.elapsed())
-        );
+    if let Some(format) = args.summary {
+        let counters = programs.counters()?;
+        let elapsed = started.elapsed();
+        match format {
+            SummaryFormat::Text => eprintln!("{}", stats::summary(&name, &counters, elapsed)),
+            SummaryFormat::Json => eprintln!("{}", stats::summary_json(&name, &counters, elapsed)),
+        }
     }
     programs.detach(cgroup.dir())?;
     cgroup.remove()?;

@@ -2,6 +2,7 @@
 
 use std::{fmt::Write as _, time::Duration};
 
+use serde_json::{Value, json};
 use throttle_common::{Counters, DOWN, UP};
 
 /// Bytes with a binary unit, as the RATE grammar reads them back: "1.50 MiB".
@@ -45,6 +46,27 @@ pub fn summary(name: &str, counters: &[Counters; 2], elapsed: Duration) -> Strin
     line
 }
 
+/// One direction's counters as the control protocol and `--summary=json` give them.
+pub fn counters_json(c: &Counters) -> Value {
+    json!({
+        "passed_bytes": c.passed_bytes,
+        "passed_packets": c.passed_packets,
+        "dropped_bytes": c.dropped_bytes,
+        "dropped_packets": c.dropped_packets,
+    })
+}
+
+/// The --summary=json line: exact counts, for scripts and the benchmark.
+pub fn summary_json(name: &str, counters: &[Counters; 2], elapsed: Duration) -> String {
+    json!({
+        "name": name,
+        "elapsed": elapsed.as_secs_f64(),
+        "down": counters_json(&counters[DOWN as usize]),
+        "up": counters_json(&counters[UP as usize]),
+    })
+    .to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -56,6 +78,26 @@ mod tests {
         assert_eq!(bytes(1536), "1.50 KiB");
         assert_eq!(bytes(1 << 20), "1.00 MiB");
         assert_eq!(rate(1048576.0), "1.00 MiB/s");
+    }
+
+    #[test]
+    fn json_summary_has_exact_counts() {
+        let down = Counters {
+            passed_bytes: 2 << 20,
+            dropped_bytes: 3000,
+            ..Counters::default()
+        };
+        let line = summary_json(
+            "wget-1",
+            &[down, Counters::default()],
+            Duration::from_secs(2),
+        );
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["name"], "wget-1");
+        assert_eq!(v["elapsed"], 2.0);
+        assert_eq!(v["down"]["passed_bytes"], 2 << 20);
+        assert_eq!(v["down"]["dropped_bytes"], 3000);
+        assert_eq!(v["up"]["dropped_packets"], 0);
     }
 
     #[test]
