@@ -15,7 +15,7 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
-    Ebpf,
+    Ebpf, EbpfLoader,
     maps::{Array, PerCpuArray},
     programs::{
         CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError, SockOps,
@@ -23,8 +23,8 @@ use aya::{
     },
 };
 use throttle_common::{
-    Counters, DIRECTIONS, DOWN, Limit, MAP_COUNTERS, MAP_LIMITS, PROG_DOWN, PROG_SOCKETS, PROG_UP,
-    UP,
+    Counters, DIRECTIONS, DOWN, Limit, MAP_COUNTERS, MAP_LIMITS, MAP_SOCKETS, PROG_DOWN,
+    PROG_SOCKETS, PROG_UP, UP,
 };
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/throttle"));
@@ -92,7 +92,10 @@ impl Programs {
         cgroup: &Path,
         limits: [Limit; 2],
     ) -> Result<Programs> {
-        let ebpf = Ebpf::load(OBJECT).map_err(|e| anyhow!(e)).context(
+        // Not Ebpf::load: it parses the kernel's 9 MB BTF twice (once in
+        // EbpfLoader::new and once more explicitly), which was a third of
+        // throttle's start-up time.
+        let ebpf = EbpfLoader::new().load(OBJECT).map_err(|e| anyhow!(e)).context(
             "could not load the eBPF object (needs CAP_BPF and CAP_NET_ADMIN; see 'throttle doctor')",
         )?;
         let mut programs = Programs {
@@ -164,8 +167,19 @@ impl Programs {
         Ok(())
     }
 
-    /// Replaces a direction's limit; the programs read it on the next packet.
+    /// Replaces a direction's limit; the programs read it on the next packet
+    /// (the socket hooks on the next segment a socket sends).
     pub fn set_limit(&mut self, direction: u32, limit: Limit) -> Result<()> {
+        if limit.rate != 0 {
+            let mut sockets: Array<_, u32> = Array::try_from(
+                self.ebpf
+                    .map_mut(MAP_SOCKETS)
+                    .context("the eBPF object has no SOCKETS map")?,
+            )?;
+            sockets
+                .set(0, 1, 0)
+                .context("turning the socket hooks on")?;
+        }
         let mut limits: Array<_, Limit> = Array::try_from(
             self.ebpf
                 .map_mut(MAP_LIMITS)

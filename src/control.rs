@@ -11,7 +11,7 @@ use std::{
     fs,
     io::{BufRead as _, BufReader, Read as _, Write as _},
     os::{
-        fd::AsFd as _,
+        fd::{AsFd as _, OwnedFd},
         unix::{
             fs::PermissionsExt as _,
             net::{UnixListener, UnixStream},
@@ -28,9 +28,10 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use nix::{
+    fcntl::OFlag,
     poll::{PollFd, PollFlags, PollTimeout, poll},
     sys::socket::{getsockopt, sockopt::PeerCredentials},
-    unistd::{Gid, Uid, chown},
+    unistd::{Gid, Uid, chown, pipe2},
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -90,6 +91,9 @@ impl Limits {
 pub struct Server {
     path: PathBuf,
     stop: Arc<AtomicBool>,
+    /// Closing it wakes the accept loop at once (its poll sees the hang-up),
+    /// so teardown never waits out a poll timeout.
+    wake: Option<OwnedFd>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -105,9 +109,11 @@ impl Server {
         }
         let listener = UnixListener::bind(path)
             .with_context(|| format!("binding control socket {}", path.display()))?;
+        let (woken, wake) = pipe2(OFlag::O_CLOEXEC).context("creating a pipe")?;
         let mut server = Server {
             path: path.to_path_buf(),
             stop: Arc::new(AtomicBool::new(false)),
+            wake: Some(wake),
             thread: None,
         };
         fs::set_permissions(path, fs::Permissions::from_mode(0o600))
@@ -117,7 +123,7 @@ impl Server {
         let stop = Arc::clone(&server.stop);
         let thread = thread::Builder::new()
             .name("control".into())
-            .spawn(move || accept_loop(&listener, &stop, owner.0, &state))
+            .spawn(move || accept_loop(&listener, &woken, &stop, owner.0, &state))
             .context("starting the control socket thread")?;
         server.thread = Some(thread);
         Ok(server)
@@ -127,6 +133,7 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        drop(self.wake.take());
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -138,12 +145,24 @@ impl Drop for Server {
     }
 }
 
-fn accept_loop(listener: &UnixListener, stop: &AtomicBool, owner: Uid, state: &Arc<RunState>) {
+fn accept_loop(
+    listener: &UnixListener,
+    woken: &OwnedFd,
+    stop: &AtomicBool,
+    owner: Uid,
+    state: &Arc<RunState>,
+) {
     let clients = Arc::new(AtomicUsize::new(0));
     while !stop.load(Ordering::Relaxed) {
-        let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
-        if !matches!(poll(&mut fds, PollTimeout::from(100u16)), Ok(n) if n > 0) {
+        let mut fds = [
+            PollFd::new(listener.as_fd(), PollFlags::POLLIN),
+            PollFd::new(woken.as_fd(), PollFlags::POLLIN),
+        ];
+        if !matches!(poll(&mut fds, PollTimeout::NONE), Ok(n) if n > 0) {
             continue;
+        }
+        if fds[1].any().unwrap_or(true) {
+            break;
         }
         let Ok((mut stream, _)) = listener.accept() else {
             continue;

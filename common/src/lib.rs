@@ -20,6 +20,7 @@ pub const DIRECTIONS: u32 = 2;
 pub const MAP_LIMITS: &str = "LIMITS";
 pub const MAP_CLOCK: &str = "CLOCK";
 pub const MAP_COUNTERS: &str = "COUNTERS";
+pub const MAP_SOCKETS: &str = "SOCKETS";
 /// Names of the programs in the eBPF object (kernel program names are cut at 15 bytes).
 pub const PROG_DOWN: &str = "throttle_down";
 pub const PROG_UP: &str = "throttle_up";

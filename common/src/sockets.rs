@@ -15,26 +15,27 @@ pub const WINDOW_RTTS: u64 = 4;
 /// window that keeps the ACK clock running.
 pub const MIN_WINDOW: u64 = 4 * 1024;
 
-/// Largest window the clamp sets; beyond it the clamp would be a no-op.
+/// Largest window the clamp sets, and the clamp of an unlimited direction:
+/// the kernel's own ceiling (65535 << 14) rounded up, so it clamps nothing.
 pub const MAX_WINDOW: u64 = 1 << 30;
 
 /// The receive window for a download limited to `rate` bytes/s on a socket
-/// whose scaled smoothed RTT is `srtt_scaled`, or `None` when the direction
-/// is unlimited (no clamp).
+/// whose scaled smoothed RTT is `srtt_scaled`; [`MAX_WINDOW`] when the
+/// direction is unlimited, which undoes an earlier clamp.
 ///
 /// A sender can have at most one window in flight, so a window of a few
 /// RTTs of the limit caps how much it can send into an empty bucket: when
 /// the policer does drop, it drops a few segments instead of a whole
 /// congestion window of 64 KiB GSO packets.
 #[inline(always)]
-pub fn receive_window(rate: u64, srtt_scaled: u32) -> Option<u32> {
+pub fn receive_window(rate: u64, srtt_scaled: u32) -> u32 {
     if rate == 0 {
-        return None;
+        return MAX_WINDOW as u32;
     }
     let srtt_us = u64::from(srtt_scaled >> SRTT_SHIFT);
     // rate ≤ 2^34 and srtt_us < 2^29, so the product stays below 2^63.
     let window = WINDOW_RTTS * rate / 1_000 * srtt_us / 1_000;
-    Some(window.clamp(MIN_WINDOW, MAX_WINDOW) as u32)
+    window.clamp(MIN_WINDOW, MAX_WINDOW) as u32
 }
 
 /// The value for `SO_MAX_PACING_RATE`: the upload limit, or "no cap"
@@ -57,25 +58,25 @@ mod tests {
 
     #[test]
     fn unlimited_means_no_clamp_and_no_pacing() {
-        assert_eq!(receive_window(0, 8 * 50_000), None);
+        assert_eq!(u64::from(receive_window(0, 8 * 50_000)), MAX_WINDOW);
         assert_eq!(pacing_rate(0), u32::MAX);
     }
 
     #[test]
     fn window_is_a_few_round_trips_of_the_limit() {
         // 1 MiB/s at 50 ms: 4 × 52 KB.
-        let w = receive_window(MIB, 8 * 50_000).unwrap();
+        let w = receive_window(MIB, 8 * 50_000);
         assert!((200_000..=210_000).contains(&w), "{w}");
     }
 
     #[test]
     fn low_rtt_gets_the_minimum_window() {
-        assert_eq!(receive_window(MIB, 8 * 40), Some(MIN_WINDOW as u32));
+        assert_eq!(u64::from(receive_window(MIB, 8 * 40)), MIN_WINDOW);
     }
 
     #[test]
     fn extreme_values_saturate() {
-        let top = receive_window(crate::policer::MAX_RATE, u32::MAX).unwrap();
+        let top = receive_window(crate::policer::MAX_RATE, u32::MAX);
         assert_eq!(u64::from(top), MAX_WINDOW);
         assert_eq!(pacing_rate(crate::policer::MAX_RATE), u32::MAX);
         assert_eq!(pacing_rate(u64::from(u32::MAX) - 1), u32::MAX - 1);

@@ -39,6 +39,12 @@ static LIMITS: Array<Limit> = Array::with_max_entries(DIRECTIONS, 0);
 #[map(name = "CLOCK")]
 static CLOCK: Array<u64> = Array::with_max_entries(DIRECTIONS, 0);
 
+/// Entry 0 turns the socket hooks on; userspace sets it with the first
+/// limit of the run, so an unlimited run makes no per-segment calls, and a
+/// run that goes back to unlimited still has its clamps undone.
+#[map(name = "SOCKETS")]
+static SOCKETS: Array<u32> = Array::with_max_entries(1, 0);
+
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(DIRECTIONS, 0);
 
@@ -88,6 +94,9 @@ const TCP_WINDOW_CLAMP: i32 = 10;
 
 #[inline(always)]
 fn tune(ctx: &SockOpsContext) {
+    if SOCKETS.get(0).copied().unwrap_or(0) == 0 {
+        return;
+    }
     let (Some(down), Some(up)) = (LIMITS.get(DOWN), LIMITS.get(UP)) else {
         return;
     };
@@ -95,16 +104,14 @@ fn tune(ctx: &SockOpsContext) {
     // options point to locals of the size passed. Failures only mean the
     // socket keeps its current setting; the policer still holds the limit.
     unsafe {
-        if let Some(window) = receive_window(down.rate, (*ctx.ops).srtt_us) {
-            let mut window = window as i32;
-            bpf_setsockopt(
-                ctx.ops.cast(),
-                SOL_TCP,
-                TCP_WINDOW_CLAMP,
-                (&mut window as *mut i32).cast(),
-                4,
-            );
-        }
+        let mut window = receive_window(down.rate, (*ctx.ops).srtt_us) as i32;
+        bpf_setsockopt(
+            ctx.ops.cast(),
+            SOL_TCP,
+            TCP_WINDOW_CLAMP,
+            (&mut window as *mut i32).cast(),
+            4,
+        );
         let mut pacing = pacing_rate(up.rate);
         bpf_setsockopt(
             ctx.ops.cast(),

@@ -4,6 +4,8 @@
 mod control;
 mod harness;
 mod lifecycle;
+// Shared with the benchmark, which uses helpers these tests do not.
+#[allow(dead_code)]
 #[path = "../../xtask/src/netlab.rs"]
 mod netlab;
 mod rates;

@@ -63,7 +63,7 @@ pub fn run(root: &Path) -> Result<()> {
     Ok(())
 }
 
-fn build_release(root: &Path) -> Result<std::path::PathBuf> {
+pub fn build_release(root: &Path) -> Result<std::path::PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = Command::new(cargo)
         .args([

@@ -1,10 +1,11 @@
-//! Build chores: `cargo xtask completions`, `cargo xtask man`, and
-//! `cargo xtask demo`, the README's first command.
+//! Build chores: `cargo xtask completions`, `cargo xtask man`,
+//! `cargo xtask demo` (the README's first command) and `cargo xtask bench`.
 //!
 //! The CLI definition is compiled in from the binary's own source, so the
 //! generated files can never describe a different command line.
 
 // Only the definition is used here, not the parsed values.
+mod bench;
 #[allow(dead_code)]
 #[path = "../../src/cli.rs"]
 mod cli;
@@ -12,6 +13,8 @@ mod demo;
 // Shared with the integration tests, which use the upload side too.
 #[allow(dead_code)]
 mod netlab;
+mod plot;
+mod report;
 
 use std::{
     fs,
@@ -41,6 +44,18 @@ enum Task {
     Man,
     /// Download from a local server through `throttle --down 1M` and show the achieved rate (needs root)
     Demo,
+    /// Measure throttle against trickle and no limiter; writes target/bench/report.md (needs root)
+    Bench {
+        /// A 1 MiB/s download and upload subset that runs in under a minute
+        #[arg(long)]
+        quick: bool,
+        /// The throttle binary to measure [default: build the release binary]
+        #[arg(long, value_name = "PATH")]
+        throttle: Option<PathBuf>,
+        /// Where the report and plot go [default: target/bench]
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
 }
 
 /// Each shell's completion file, named as the shell looks for it.
@@ -58,6 +73,18 @@ fn main() -> Result<()> {
         Task::Completions { check: true } => check_completions(&root.join("completions")),
         Task::Man => write_man(&root.join("target/man")),
         Task::Demo => demo::run(&root),
+        Task::Bench {
+            quick,
+            throttle,
+            out,
+        } => bench::run(
+            &root,
+            &bench::Options {
+                quick,
+                throttle,
+                out: out.unwrap_or_else(|| root.join("target/bench")),
+            },
+        ),
     }
 }
 

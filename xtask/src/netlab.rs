@@ -223,6 +223,11 @@ impl Samples {
         (b.1 - a.1) as f64 / (b.0 - a.0).as_secs_f64().max(1e-6)
     }
 
+    /// From the first byte to the last.
+    pub fn duration(&self) -> Duration {
+        self.0.last().map_or(Duration::ZERO, |s| s.0)
+    }
+
     pub fn total(&self) -> u64 {
         self.0.last().map_or(0, |s| s.1)
     }

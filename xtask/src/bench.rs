@@ -1,0 +1,577 @@
+//! `cargo xtask bench`: throttle, trickle and no limiter side by side, on a
+//! veth pair into a network namespace and on loopback, with iperf3 and curl.
+//!
+//! Every contender runs the same command with the same limit; the figures
+//! come from the receiver (iperf3's receiving side, curl's stdout), from the
+//! sender's TcpRetransSegs, and from throttle's own drop counters.
+
+use std::{
+    fs,
+    net::{Ipv4Addr, TcpListener},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use nix::sys::resource::{UsageWho, getrusage};
+use serde_json::Value;
+
+use crate::{
+    netlab::{Netns, measure_stdout},
+    plot,
+    report::{self, Case, Contender, Dir, Link, Measurement, Traffic},
+};
+
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * KIB;
+
+pub struct Options {
+    pub quick: bool,
+    pub throttle: Option<PathBuf>,
+    pub out: PathBuf,
+}
+
+/// How long each run lasts and how often it repeats.
+struct Plan {
+    cases: Vec<Case>,
+    reps: usize,
+    /// Seconds measured, after `warmup` seconds left out of every figure
+    /// except the waste (the bucket's initial burst is not the steady state).
+    secs: u32,
+    warmup: u32,
+    overhead_runs: usize,
+    plot: bool,
+}
+
+fn full_plan() -> Plan {
+    let mut cases = Vec::new();
+    for limit in [64 * KIB, MIB, 16 * MIB, 128 * MIB] {
+        for dir in [Dir::Down, Dir::Up] {
+            for flows in [1, 8] {
+                cases.push(Case::new(Link::Veth, Traffic::Tcp { flows }, dir, limit));
+            }
+        }
+        cases.push(Case::new(Link::Veth, Traffic::Curl, Dir::Down, limit));
+        for dir in [Dir::Down, Dir::Up] {
+            cases.push(Case::new(Link::Veth, Traffic::Udp, dir, limit));
+        }
+    }
+    for limit in [MIB, 16 * MIB, 128 * MIB] {
+        for dir in [Dir::Down, Dir::Up] {
+            cases.push(Case::new(
+                Link::Loopback,
+                Traffic::Tcp { flows: 1 },
+                dir,
+                limit,
+            ));
+        }
+    }
+    Plan {
+        cases,
+        reps: 3,
+        secs: 8,
+        warmup: 1,
+        overhead_runs: 3,
+        plot: true,
+    }
+}
+
+fn quick_plan() -> Plan {
+    Plan {
+        cases: [Dir::Down, Dir::Up]
+            .map(|dir| Case::new(Link::Veth, Traffic::Tcp { flows: 1 }, dir, MIB))
+            .to_vec(),
+        reps: 1,
+        secs: 3,
+        warmup: 1,
+        overhead_runs: 1,
+        plot: false,
+    }
+}
+
+pub fn run(root: &Path, options: &Options) -> Result<()> {
+    ensure!(
+        nix::unistd::Uid::effective().is_root(),
+        "the benchmark creates network namespaces and cgroups: run it as root"
+    );
+    for tool in ["iperf3", "trickle", "curl"] {
+        ensure!(
+            Command::new(tool)
+                .arg("-h")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok(),
+            "{tool} is missing; scripts/setup.sh installs it"
+        );
+    }
+    let throttle = match &options.throttle {
+        Some(path) => path.clone(),
+        None => crate::demo::build_release(root)?,
+    };
+    let plan = if options.quick {
+        quick_plan()
+    } else {
+        full_plan()
+    };
+    fs::create_dir_all(&options.out)
+        .with_context(|| format!("creating {}", options.out.display()))?;
+    let lab = Lab::new()?;
+    let bench = Bench {
+        lab: &lab,
+        throttle: &throttle,
+        plan: &plan,
+    };
+
+    let mut rows = Vec::new();
+    // Without a limiter a TCP or curl run does not depend on the limit, so
+    // it is measured once per kind of case and shown in each limit's rows.
+    let mut unlimited: Vec<(Case, Vec<Result<Measurement, String>>)> = Vec::new();
+    for case in &plan.cases {
+        for contender in Contender::ALL {
+            let shared = contender == Contender::Bare && case.traffic != Traffic::Udp;
+            let cached = unlimited
+                .iter()
+                .find(|(c, _)| {
+                    shared && c.link == case.link && c.traffic == case.traffic && c.dir == case.dir
+                })
+                .map(|(_, runs)| runs.clone());
+            let runs = match cached {
+                Some(runs) => runs,
+                None => {
+                    // A failed run is reported in the table, not fatal: trickle's
+                    // select() wrapper sometimes makes iperf3 fail with EINVAL.
+                    let runs: Vec<_> = (0..plan.reps)
+                        .map(|_| bench.measure(case, contender).map_err(|e| format!("{e:#}")))
+                        .collect();
+                    if shared {
+                        unlimited.push((*case, runs.clone()));
+                    }
+                    runs
+                }
+            };
+            let row = report::Row::new(*case, contender, &runs);
+            eprintln!("{}", row.progress_line());
+            rows.push(row);
+        }
+    }
+    let overhead = bench.overhead()?;
+    let mut plot_file = None;
+    if plan.plot {
+        let traces = [Contender::Throttle, Contender::Trickle]
+            .into_iter()
+            .map(|c| Ok((c, bench.trace(c, MIB)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let path = options.out.join("rate-1MiB-download.png");
+        plot::rates(&path, MIB, &traces)?;
+        plot_file = Some(path);
+    }
+    let text = report::markdown(
+        &rows,
+        &overhead,
+        plot_file.as_deref(),
+        plan.secs,
+        plan.warmup,
+        plan.reps,
+    );
+    print!("{text}");
+    let path = options.out.join("report.md");
+    fs::write(&path, &text).with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("wrote {}", path.display());
+    Ok(())
+}
+
+/// The network side: a namespace with iperf3 and HTTP servers, and an
+/// iperf3 server on loopback.
+struct Lab {
+    netns: Netns,
+    veth_iperf: Server,
+    loopback_iperf: Server,
+    http: crate::netlab::Server,
+}
+
+struct Server {
+    child: Child,
+    addr: Ipv4Addr,
+    port: u16,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Lab {
+    fn new() -> Result<Lab> {
+        let netns = Netns::new();
+        let veth_iperf = iperf_server(Some(&netns.name), netns.peer)?;
+        let loopback_iperf = iperf_server(None, Ipv4Addr::LOCALHOST)?;
+        let http = netns.serve();
+        Ok(Lab {
+            netns,
+            veth_iperf,
+            loopback_iperf,
+            http,
+        })
+    }
+
+    fn iperf(&self, link: Link) -> &Server {
+        match link {
+            Link::Veth => &self.veth_iperf,
+            Link::Loopback => &self.loopback_iperf,
+        }
+    }
+
+    /// TcpRetransSegs of the namespace the sender of `dir` lives in.
+    fn retransmitted_segments(&self, link: Link, dir: Dir) -> Result<u64> {
+        let snmp = if link == Link::Veth && dir == Dir::Down {
+            let out = Command::new("ip")
+                .args(["netns", "exec", &self.netns.name, "cat", "/proc/net/snmp"])
+                .output()
+                .context("reading the namespace's /proc/net/snmp")?;
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        } else {
+            fs::read_to_string("/proc/net/snmp").context("reading /proc/net/snmp")?
+        };
+        tcp_counter(&snmp, "RetransSegs")
+    }
+}
+
+/// A counter from the two "Tcp:" lines of /proc/net/snmp (names, then values).
+fn tcp_counter(snmp: &str, name: &str) -> Result<u64> {
+    let mut lines = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+        bail!("no Tcp lines in /proc/net/snmp");
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == name)
+        .and_then(|(_, v)| v.parse().ok())
+        .with_context(|| format!("no Tcp {name} in /proc/net/snmp"))
+}
+
+fn iperf_server(netns: Option<&str>, addr: Ipv4Addr) -> Result<Server> {
+    let port = free_port()?;
+    let mut cmd = match netns {
+        Some(name) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", name, "iperf3"]);
+            c
+        }
+        None => Command::new("iperf3"),
+    };
+    let child = cmd
+        .args(["-s", "-J", "-B", &addr.to_string(), "-p", &port.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting an iperf3 server")?;
+    let server = Server { child, addr, port };
+    // The server is ready once a client could connect; iperf3 says nothing.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let probe = match netns {
+            Some(name) => Command::new("ip")
+                .args(["netns", "exec", name, "ss", "-Htln"])
+                .output()?,
+            None => Command::new("ss").args(["-Htln"]).output()?,
+        };
+        if String::from_utf8_lossy(&probe.stdout).contains(&format!("{addr}:{port}")) {
+            return Ok(server);
+        }
+        ensure!(Instant::now() < deadline, "iperf3 server did not start");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A port nothing listens on right now (the kernel picks it).
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+        .local_addr()?
+        .port())
+}
+
+struct Bench<'a> {
+    lab: &'a Lab,
+    throttle: &'a Path,
+    plan: &'a Plan,
+}
+
+impl Bench<'_> {
+    /// The command prefix that puts `contender` in front of a program.
+    fn wrap(&self, contender: Contender, limit: Option<u64>) -> Command {
+        match (contender, limit) {
+            (Contender::Throttle, Some(limit)) => {
+                let mut c = Command::new(self.throttle);
+                let rate = limit.to_string();
+                c.args(["--summary=json", "--down", &rate, "--up", &rate, "--"]);
+                c
+            }
+            (Contender::Throttle, None) => {
+                let mut c = Command::new(self.throttle);
+                c.args(["--summary=json", "--"]);
+                c
+            }
+            (Contender::Trickle, limit) => {
+                // trickle counts in KiB/s.
+                let kib = limit.map_or(u64::MAX / KIB, |l| l / KIB).to_string();
+                let mut c = Command::new("trickle");
+                c.args(["-s", "-d", &kib, "-u", &kib]);
+                c
+            }
+            (Contender::Bare, _) => {
+                // A no-op prefix keeps the command line shape the same.
+                let mut c = Command::new("env");
+                c.arg("--");
+                c
+            }
+        }
+    }
+
+    fn measure(&self, case: &Case, contender: Contender) -> Result<Measurement> {
+        match case.traffic {
+            Traffic::Curl => self.curl(case, contender),
+            _ => self.iperf(case, contender, Some(case.limit), &[]),
+        }
+    }
+
+    fn iperf(
+        &self,
+        case: &Case,
+        contender: Contender,
+        limit: Option<u64>,
+        extra: &[&str],
+    ) -> Result<Measurement> {
+        let server = self.lab.iperf(case.link);
+        let mut cmd = self.wrap(contender, limit);
+        let (secs, warmup) = (self.plan.secs.to_string(), self.plan.warmup.to_string());
+        cmd.args(["iperf3", "-J", "--get-server-output", "-c"])
+            .arg(server.addr.to_string())
+            .args(["-p", &server.port.to_string(), "-t", &secs, "-O", &warmup])
+            .args(extra);
+        if case.dir == Dir::Down {
+            cmd.arg("-R");
+        }
+        match case.traffic {
+            Traffic::Tcp { flows } if flows > 1 => {
+                cmd.args(["-P", &flows.to_string()]);
+            }
+            Traffic::Udp => {
+                let bits = 2 * case.limit * 8;
+                cmd.args(["-u", "-l", "1400", "-b", &bits.to_string()]);
+            }
+            _ => {}
+        }
+        let (retrans_before, cpu_before) = (
+            self.lab.retransmitted_segments(case.link, case.dir)?,
+            children_cpu(),
+        );
+        let output = cmd
+            .stdin(Stdio::null())
+            .output()
+            .context("running iperf3")?;
+        let cpu = children_cpu() - cpu_before;
+        let retransmitted = self.lab.retransmitted_segments(case.link, case.dir)? - retrans_before;
+        let json: Value = serde_json::from_slice(&output.stdout).with_context(|| {
+            format!(
+                "iperf3 printed no JSON: {}",
+                String::from_utf8_lossy(&output.stderr)
+            )
+        })?;
+        if let Some(error) = json["error"].as_str() {
+            bail!("iperf3: {error}");
+        }
+        ensure!(
+            output.status.success(),
+            "the run failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        // The receiving side's intervals: the client's for a download, the
+        // server's (handed back with --get-server-output) for an upload.
+        let intervals = match case.dir {
+            Dir::Down => &json["intervals"],
+            Dir::Up => &json["server_output_json"]["intervals"],
+        };
+        let intervals: Vec<(f64, u64, bool)> = intervals
+            .as_array()
+            .context("iperf3 JSON without intervals")?
+            .iter()
+            .map(|i| {
+                let sum = &i["sum"];
+                (
+                    sum["seconds"].as_f64().unwrap_or(0.0),
+                    sum["bytes"].as_u64().unwrap_or(0),
+                    sum["omitted"].as_bool().unwrap_or(false),
+                )
+            })
+            .collect();
+        let received = &json["end"]["sum_received"];
+        let achieved = received["bytes"].as_u64().unwrap_or(0) as f64
+            / received["seconds"].as_f64().unwrap_or(1.0).max(1e-3);
+        let per_second: Vec<f64> = intervals
+            .iter()
+            .filter(|(secs, _, omitted)| !omitted && *secs > 0.5)
+            .map(|(secs, bytes, _)| *bytes as f64 / secs)
+            .collect();
+        let delivered = intervals.iter().map(|i| i.1).sum();
+        Ok(Measurement {
+            achieved,
+            delivered,
+            dropped: throttle_drops(&output.stderr),
+            retransmitted_bytes: retransmitted * case.link.mss(),
+            per_second,
+            cpu,
+        })
+    }
+
+    fn curl(&self, case: &Case, contender: Contender) -> Result<Measurement> {
+        let secs = u64::from(self.plan.secs + self.plan.warmup);
+        let url = format!("{}/{}", self.lab.http.url, case.limit * secs);
+        let mut cmd = self.wrap(contender, Some(case.limit));
+        cmd.args(["curl", "-sS", "--fail", &url]);
+        let (retrans_before, cpu_before) = (
+            self.lab.retransmitted_segments(case.link, case.dir)?,
+            children_cpu(),
+        );
+        let (samples, output) = measure_stdout(&mut cmd, Duration::from_secs(4 * secs + 30));
+        let cpu = children_cpu() - cpu_before;
+        let retransmitted = self.lab.retransmitted_segments(case.link, case.dir)? - retrans_before;
+        ensure!(
+            output.status.success(),
+            "curl failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let warmup = Duration::from_secs(self.plan.warmup.into());
+        let end = samples.duration();
+        let per_second: Vec<f64> = (u64::from(self.plan.warmup)..)
+            .map(Duration::from_secs)
+            .take_while(|t| *t + Duration::from_secs(1) <= end)
+            .map(|t| samples.rate_between(t, t + Duration::from_secs(1)))
+            .collect();
+        let achieved = if end > warmup + Duration::from_secs(1) {
+            samples.rate_between(warmup, end)
+        } else {
+            samples.overall_rate()
+        };
+        Ok(Measurement {
+            achieved,
+            delivered: samples.total(),
+            dropped: throttle_drops(&output.stderr),
+            retransmitted_bytes: retransmitted * case.link.mss(),
+            per_second,
+            cpu,
+        })
+    }
+
+    /// Programs attached but no limit, against no throttle at all; and the
+    /// start-up cost of `throttle -- true`.
+    fn overhead(&self) -> Result<report::Overhead> {
+        let mut throughput = Vec::new();
+        for dir in [Dir::Down, Dir::Up] {
+            let case = Case::new(Link::Veth, Traffic::Tcp { flows: 1 }, dir, 0);
+            let mut bare = Vec::new();
+            let mut attached = Vec::new();
+            for _ in 0..self.plan.overhead_runs {
+                bare.push(self.iperf(&case, Contender::Bare, None, &[])?.achieved);
+                attached.push(self.iperf(&case, Contender::Throttle, None, &[])?.achieved);
+            }
+            throughput.push((dir, report::median(&bare), report::median(&attached)));
+        }
+        let runs = 20;
+        let time = |cmd: &mut Command| -> Result<f64> {
+            let mut times = Vec::new();
+            for _ in 0..runs {
+                let started = Instant::now();
+                let status = cmd.status().context("running true")?;
+                ensure!(status.success(), "{cmd:?} failed");
+                times.push(started.elapsed().as_secs_f64());
+            }
+            Ok(report::median(&times))
+        };
+        let bare = time(&mut Command::new("true"))?;
+        let wrapped = time(Command::new(self.throttle).args(["--", "true"]))?;
+        Ok(report::Overhead {
+            throughput,
+            true_bare: bare,
+            true_throttled: wrapped,
+            true_runs: runs,
+        })
+    }
+
+    /// The rate every 100 ms of a curl download at `limit` (curl, because
+    /// trickle makes iperf3's JSON mode fail on downloads).
+    fn trace(&self, contender: Contender, limit: u64) -> Result<Vec<(f64, f64)>> {
+        let secs = 10;
+        let url = format!("{}/{}", self.lab.http.url, limit * secs);
+        let mut cmd = self.wrap(contender, Some(limit));
+        cmd.args(["curl", "-sS", "--fail", &url]);
+        let (samples, output) = measure_stdout(&mut cmd, Duration::from_secs(4 * secs + 30));
+        ensure!(
+            output.status.success(),
+            "curl failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let step = Duration::from_millis(100);
+        Ok((1..)
+            .map(|i| step * i)
+            .take_while(|t| *t <= samples.duration())
+            .map(|t| (t.as_secs_f64(), samples.rate_between(t - step, t)))
+            .collect())
+    }
+}
+
+/// CPU seconds (user + system) of all waited-for children so far.
+fn children_cpu() -> f64 {
+    getrusage(UsageWho::RUSAGE_CHILDREN).map_or(0.0, |u| {
+        let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+        secs(u.user_time()) + secs(u.system_time())
+    })
+}
+
+/// Bytes throttle's programs dropped, from its `--summary=json` line.
+fn throttle_drops(stderr: &[u8]) -> u64 {
+    String::from_utf8_lossy(stderr)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v.get("down").is_some())
+        .map_or(0, |v| {
+            ["down", "up"]
+                .iter()
+                .map(|d| v[d]["dropped_bytes"].as_u64().unwrap_or(0))
+                .sum()
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_tcp_counters_by_name() {
+        let snmp = "Ip: Forwarding\nIp: 1\nTcp: RtoAlgorithm RetransSegs InErrs\nTcp: 1 42 0\n";
+        assert_eq!(tcp_counter(snmp, "RetransSegs").unwrap(), 42);
+        assert!(tcp_counter(snmp, "Nope").is_err());
+    }
+
+    #[test]
+    fn finds_the_summary_among_other_stderr() {
+        let stderr =
+            b"curl: warning\n{\"down\":{\"dropped_bytes\":5},\"up\":{\"dropped_bytes\":7}}\n";
+        assert_eq!(throttle_drops(stderr), 12);
+        assert_eq!(throttle_drops(b"nothing"), 0);
+    }
+
+    #[test]
+    fn plans_cover_the_matrix() {
+        let full = full_plan();
+        assert_eq!(full.cases.len(), 4 * 7 + 3 * 2);
+        assert!(full.reps >= 3 && full.secs >= 8);
+        assert_eq!(quick_plan().cases.len(), 2);
+    }
+}

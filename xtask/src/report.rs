@@ -1,0 +1,440 @@
+//! The benchmark's vocabulary (cases, contenders, measurements), its
+//! statistics, the bars from issue 4, and the markdown report.
+
+use std::{fmt::Write as _, path::Path};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Link {
+    Veth,
+    Loopback,
+}
+
+impl Link {
+    /// TCP payload per segment (MTU minus IP, TCP and timestamp headers):
+    /// TcpRetransSegs counts segments of this size.
+    pub fn mss(self) -> u64 {
+        match self {
+            Link::Veth => 1500 - 52,
+            Link::Loopback => 65536 - 52,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dir {
+    Down,
+    Up,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Traffic {
+    Tcp {
+        flows: u32,
+    },
+    /// One HTTP download with curl.
+    Curl,
+    /// UDP sent at twice the limit.
+    Udp,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Contender {
+    Throttle,
+    Trickle,
+    Bare,
+}
+
+impl Contender {
+    pub const ALL: [Contender; 3] = [Contender::Throttle, Contender::Trickle, Contender::Bare];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Contender::Throttle => "throttle",
+            Contender::Trickle => "trickle",
+            Contender::Bare => "no limiter",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Case {
+    pub link: Link,
+    pub traffic: Traffic,
+    pub dir: Dir,
+    /// Bytes per second.
+    pub limit: u64,
+}
+
+impl Case {
+    pub fn new(link: Link, traffic: Traffic, dir: Dir, limit: u64) -> Case {
+        Case {
+            link,
+            traffic,
+            dir,
+            limit,
+        }
+    }
+
+    pub fn label(&self) -> String {
+        let what = match self.traffic {
+            Traffic::Tcp { flows: 1 } => "TCP".to_string(),
+            Traffic::Tcp { flows } => format!("TCP ×{flows}"),
+            Traffic::Curl => "curl HTTP".to_string(),
+            Traffic::Udp => "UDP at 2× limit".to_string(),
+        };
+        let dir = match self.dir {
+            Dir::Down => "down",
+            Dir::Up => "up",
+        };
+        let link = match self.link {
+            Link::Veth => "veth",
+            Link::Loopback => "lo",
+        };
+        format!("{link} {what} {dir} {}", rate(self.limit as f64))
+    }
+}
+
+/// One run of one contender on one case.
+#[derive(Clone, Debug)]
+pub struct Measurement {
+    /// Bytes per second the receiver got after the warm-up.
+    pub achieved: f64,
+    /// Bytes the receiver got over the whole run.
+    pub delivered: u64,
+    /// Bytes throttle's programs dropped (0 for the others).
+    pub dropped: u64,
+    /// TcpRetransSegs delta on the sender, in bytes.
+    pub retransmitted_bytes: u64,
+    /// Receiver rate in each whole second after the warm-up.
+    pub per_second: Vec<f64>,
+    /// CPU seconds of the client side (limiter and program).
+    pub cpu: f64,
+}
+
+impl Measurement {
+    /// Wasted bytes over delivered bytes. A segment dropped on ingress is
+    /// retransmitted, so drops and retransmissions count the same loss
+    /// twice; the larger of the two is the waste.
+    pub fn waste(&self) -> f64 {
+        self.dropped.max(self.retransmitted_bytes) as f64 / self.delivered.max(1) as f64
+    }
+
+    /// Coefficient of variation of the per-second rate.
+    pub fn cv(&self) -> Option<f64> {
+        let n = self.per_second.len();
+        if n < 2 {
+            return None;
+        }
+        let mean = self.per_second.iter().sum::<f64>() / n as f64;
+        let var = self
+            .per_second
+            .iter()
+            .map(|r| (r - mean).powi(2))
+            .sum::<f64>()
+            / n as f64;
+        (mean > 0.0).then(|| var.sqrt() / mean)
+    }
+}
+
+pub fn median(values: &[f64]) -> f64 {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    }
+}
+
+/// Medians over the successful repetitions of one case and contender.
+pub struct Row {
+    pub case: Case,
+    pub contender: Contender,
+    /// Runs that failed, and the last failure's message.
+    pub failed: usize,
+    pub failure: Option<String>,
+    pub ratio: f64,
+    pub waste: f64,
+    pub cv: Option<f64>,
+    pub cpu: f64,
+}
+
+impl Row {
+    pub fn new(case: Case, contender: Contender, results: &[Result<Measurement, String>]) -> Row {
+        let runs: Vec<Measurement> = results.iter().filter_map(|r| r.clone().ok()).collect();
+        let failure = results.iter().filter_map(|r| r.clone().err()).next_back();
+        let of = |f: &dyn Fn(&Measurement) -> f64| median(&runs.iter().map(f).collect::<Vec<_>>());
+        let cvs: Vec<f64> = runs.iter().filter_map(Measurement::cv).collect();
+        Row {
+            case,
+            contender,
+            failed: results.len() - runs.len(),
+            failure,
+            ratio: of(&|m| m.achieved / case.limit as f64),
+            waste: of(&Measurement::waste),
+            cv: (!cvs.is_empty()).then(|| median(&cvs)),
+            cpu: of(&|m| m.cpu),
+        }
+    }
+
+    /// Which of issue 4's bars this row misses (only throttle has bars).
+    pub fn misses(&self) -> Vec<&'static str> {
+        let mut misses = Vec::new();
+        if self.contender != Contender::Throttle {
+            return misses;
+        }
+        if self.failed > 0 {
+            misses.push("runs failed");
+        }
+        let case = &self.case;
+        let tcp = matches!(case.traffic, Traffic::Tcp { .. } | Traffic::Curl);
+        match (case.link, tcp) {
+            (Link::Veth, true) => {
+                if !(0.95..=1.02).contains(&self.ratio) {
+                    misses.push("rate");
+                }
+                if self.waste > 0.10 {
+                    misses.push("waste");
+                }
+                let single = !matches!(case.traffic, Traffic::Tcp { flows } if flows > 1);
+                if single && case.limit >= 1 << 20 && self.cv.is_none_or(|cv| cv > 0.10) {
+                    misses.push("CV");
+                }
+            }
+            (Link::Veth, false) => {
+                if self.ratio > 1.02 {
+                    misses.push("rate");
+                }
+            }
+            (Link::Loopback, _) => {
+                if !(0.90..=1.05).contains(&self.ratio) {
+                    misses.push("rate");
+                }
+            }
+        }
+        misses
+    }
+
+    fn verdict(&self) -> String {
+        if self.contender != Contender::Throttle {
+            return match &self.failure {
+                Some(why) => format!("{} run(s) failed: {why}", self.failed),
+                None => String::new(),
+            };
+        }
+        let misses = self.misses();
+        if misses.is_empty() {
+            "pass".to_string()
+        } else {
+            format!("**misses {}**", misses.join(", "))
+        }
+    }
+
+    pub fn progress_line(&self) -> String {
+        format!(
+            "{:<32} {:<11} achieved/limit {:>7.3}  waste {:>6.1}%  CV {}  cpu {:.2} s {}",
+            self.case.label(),
+            self.contender.label(),
+            self.ratio,
+            self.waste * 100.0,
+            self.cv.map_or("  -  ".to_string(), |c| format!("{c:.3}")),
+            self.cpu,
+            self.verdict()
+        )
+    }
+}
+
+pub struct Overhead {
+    /// Per direction: bare and with programs attached (no limit), bytes/s.
+    pub throughput: Vec<(Dir, f64, f64)>,
+    pub true_bare: f64,
+    pub true_throttled: f64,
+    pub true_runs: usize,
+}
+
+pub fn rate(bytes_per_sec: f64) -> String {
+    const MIB: f64 = 1048576.0;
+    if bytes_per_sec >= MIB {
+        format!("{:.0} MiB/s", bytes_per_sec / MIB)
+    } else {
+        format!("{:.0} KiB/s", bytes_per_sec / 1024.0)
+    }
+}
+
+pub fn markdown(
+    rows: &[Row],
+    overhead: &Overhead,
+    plot: Option<&Path>,
+    secs: u32,
+    warmup: u32,
+    reps: usize,
+) -> String {
+    let mut out = String::new();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let _ = writeln!(out, "# throttle benchmark\n");
+    let _ = writeln!(
+        out,
+        "Kernel {}; {} CPUs. Each row is the median of {reps} runs of {secs} s measured after a \
+         warm-up of {warmup} s (waste counts the warm-up too); the no-limiter TCP and curl runs do not \
+         depend on the limit and are measured once per kind of case. veth: MTU 1500 into a network namespace; \
+         lo: loopback. Every contender runs the same iperf3 or curl command with the same limit \
+         on both directions.\n",
+        kernel.trim(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    let _ = writeln!(
+        out,
+        "- achieved/limit: receiver bytes per second ÷ limit (bar: TCP on veth 0.95–1.02, UDP ≤ 1.02, lo 0.90–1.05)\n\
+         - waste: max(bytes throttle dropped, sender TcpRetransSegs × MSS) ÷ bytes delivered (bar: ≤ 10 % for TCP on veth)\n\
+         - CV: coefficient of variation of the per-second receive rate (bar: ≤ 0.10 for one TCP flow at ≥ 1 MiB/s)\n\
+         - CPU: user + system seconds of the client side (limiter and iperf3/curl)\n"
+    );
+    let _ = writeln!(
+        out,
+        "| case | contender | achieved/limit | waste | CV | CPU s | throttle's bar |"
+    );
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---|");
+    for row in rows {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.3} | {:.1} % | {} | {:.2} | {} |",
+            row.case.label(),
+            row.contender.label(),
+            row.ratio,
+            row.waste * 100.0,
+            row.cv.map_or("–".to_string(), |c| format!("{c:.3}")),
+            row.cpu,
+            row.verdict()
+        );
+    }
+    let missed: Vec<String> = rows
+        .iter()
+        .filter(|r| !r.misses().is_empty())
+        .map(|r| format!("{} ({})", r.case.label(), r.misses().join(", ")))
+        .collect();
+    let _ = writeln!(
+        out,
+        "\nthrottle meets its bars in {} of {} rows.",
+        rows.iter()
+            .filter(|r| r.contender == Contender::Throttle && r.misses().is_empty())
+            .count(),
+        rows.iter()
+            .filter(|r| r.contender == Contender::Throttle)
+            .count()
+    );
+    if !missed.is_empty() {
+        let _ = writeln!(out, "Missed: {}.", missed.join("; "));
+    }
+    let _ = writeln!(out, "\n## Overhead\n");
+    let _ = writeln!(
+        out,
+        "| measurement | bare | throttle | ratio | bar |\n|---|---:|---:|---:|---|"
+    );
+    for (dir, bare, attached) in &overhead.throughput {
+        let ratio = attached / bare;
+        let _ = writeln!(
+            out,
+            "| veth TCP {} throughput, programs attached without a limit | {} | {} | {:.3} | {} |",
+            if *dir == Dir::Down { "down" } else { "up" },
+            rate(*bare),
+            rate(*attached),
+            ratio,
+            if ratio >= 0.98 {
+                "pass"
+            } else {
+                "**misses ≥ 0.98**"
+            }
+        );
+    }
+    let added_ms = (overhead.true_throttled - overhead.true_bare) * 1e3;
+    let _ = writeln!(
+        out,
+        "| wall time of `true`, median of {} | {:.1} ms | {:.1} ms | +{:.1} ms | {} |",
+        overhead.true_runs,
+        overhead.true_bare * 1e3,
+        overhead.true_throttled * 1e3,
+        added_ms,
+        if added_ms <= 10.0 {
+            "pass"
+        } else {
+            "**misses ≤ +10 ms**"
+        }
+    );
+    if let Some(plot) = plot {
+        let _ = writeln!(
+            out,
+            "\n## A 1 MiB/s download, every 100 ms\n\n![rate every 100 ms]({})",
+            plot.file_name()
+                .map_or_else(String::new, |f| f.to_string_lossy().into_owned())
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn measurement(per_second: Vec<f64>) -> Measurement {
+        Measurement {
+            achieved: 1.0,
+            delivered: 1000,
+            dropped: 50,
+            retransmitted_bytes: 80,
+            per_second,
+            cpu: 0.0,
+        }
+    }
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert!(median(&[]).is_nan());
+    }
+
+    #[test]
+    fn waste_counts_a_loss_once() {
+        assert_eq!(measurement(vec![]).waste(), 0.08);
+    }
+
+    #[test]
+    fn cv_needs_two_seconds() {
+        assert_eq!(measurement(vec![1.0]).cv(), None);
+        assert_eq!(measurement(vec![1.0, 1.0]).cv(), Some(0.0));
+        let cv = measurement(vec![0.9, 1.1]).cv().unwrap();
+        assert!((cv - 0.1).abs() < 1e-9);
+    }
+
+    #[test]
+    fn bars_apply_to_throttle_only() {
+        let case = Case::new(Link::Veth, Traffic::Tcp { flows: 1 }, Dir::Down, 1 << 20);
+        let m = Measurement {
+            achieved: 1.1 * (1 << 20) as f64,
+            ..measurement(vec![1.0, 1.0])
+        };
+        let row = Row::new(case, Contender::Throttle, &[Ok(m.clone())]);
+        assert_eq!(row.misses(), vec!["rate"]);
+        assert!(
+            Row::new(case, Contender::Trickle, &[Ok(m)])
+                .misses()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn failed_runs_are_reported_not_hidden() {
+        let case = Case::new(Link::Veth, Traffic::Tcp { flows: 1 }, Dir::Down, 1 << 20);
+        let ok = Measurement {
+            achieved: (1 << 20) as f64,
+            ..measurement(vec![1.0, 1.0])
+        };
+        let row = Row::new(case, Contender::Trickle, &[Ok(ok), Err("select".into())]);
+        assert_eq!(row.failed, 1);
+        assert!(row.verdict().contains("select"));
+    }
+}
