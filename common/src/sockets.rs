@@ -38,6 +38,27 @@ pub fn receive_window(rate: u64, srtt_scaled: u32) -> u32 {
     window.clamp(MIN_WINDOW, MAX_WINDOW) as u32
 }
 
+/// One connection's share of a direction's `rate` when `flows` connections
+/// are established: an equal split, but never below an eighth of the limit
+/// (idle connections count too, and the policer still caps the sum), and
+/// unlimited stays unlimited.
+#[inline(always)]
+pub fn share(rate: u64, flows: u64) -> u64 {
+    // A count beyond any real number of connections is a counter that
+    // wrapped below zero. checked_div leaves no division-by-zero panic
+    // path, which the BPF target cannot load.
+    let flows = if flows > 1 << 20 { 1 } else { flows };
+    let equal = rate.checked_div(flows).unwrap_or(rate);
+    let floor = rate / 8;
+    if equal > floor {
+        equal
+    } else if floor > 0 {
+        floor
+    } else {
+        rate
+    }
+}
+
 /// The value for `SO_MAX_PACING_RATE`: the upload limit, or "no cap"
 /// (`u32::MAX`, the kernel's ~0U) when unlimited. Rates beyond what the
 /// 32-bit option can say are left uncapped; the policer still holds them.
@@ -72,6 +93,18 @@ mod tests {
     #[test]
     fn low_rtt_gets_the_minimum_window() {
         assert_eq!(u64::from(receive_window(MIB, 8 * 40)), MIN_WINDOW);
+    }
+
+    #[test]
+    fn flows_share_the_limit_down_to_an_eighth() {
+        assert_eq!(share(MIB, 1), MIB);
+        assert_eq!(share(MIB, 4), MIB / 4);
+        assert_eq!(share(MIB, 100), MIB / 8);
+        assert_eq!(share(0, 4), 0);
+        // A counter that wrapped below zero counts as one flow.
+        assert_eq!(share(MIB, u64::MAX), MIB);
+        assert_eq!(share(MIB, 0), MIB);
+        assert_eq!(share(5, 8), 5);
     }
 
     #[test]

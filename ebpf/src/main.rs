@@ -18,7 +18,8 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use aya_ebpf::{
     bindings::{
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_HDR_OPT_LEN_CB,
-        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG,
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
+        BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG, BPF_TCP_ESTABLISHED,
     },
     helpers::{bpf_ktime_get_ns, bpf_setsockopt},
     macros::{cgroup_skb, map, sock_ops},
@@ -29,7 +30,7 @@ use throttle_common::{
     Counters, DIRECTIONS, DOWN, Limit, UP,
     packet::{IPPROTO_TCP, ip_header_len, layout, tcp_without_payload},
     policer::{Step, police},
-    sockets::{pacing_rate, receive_window},
+    sockets::{pacing_rate, receive_window, share},
 };
 
 #[map(name = "LIMITS")]
@@ -44,6 +45,11 @@ static CLOCK: Array<u64> = Array::with_max_entries(DIRECTIONS, 0);
 /// run that goes back to unlimited still has its clamps undone.
 #[map(name = "SOCKETS")]
 static SOCKETS: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Entry 0: how many of the cgroup's TCP connections are established; the
+/// socket hooks give each its share of the limit.
+#[map(name = "FLOWS")]
+static FLOWS: Array<u64> = Array::with_max_entries(1, 0);
 
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(DIRECTIONS, 0);
@@ -77,14 +83,30 @@ pub fn throttle_up(ctx: SkBuffContext) -> i32 {
 pub fn throttle_socks(ctx: SockOpsContext) -> u32 {
     let op = ctx.op();
     if op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB || op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB {
+        count_flow(1);
         // Asks for a callback per outgoing segment (the header-option
-        // length query); no option is ever written.
-        let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG) as i32);
+        // length query; no option is ever written) and one per state change.
+        let flags =
+            ctx.cb_flags() | BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG | BPF_SOCK_OPS_STATE_CB_FLAG;
+        let _ = ctx.set_cb_flags(flags as i32);
         tune(&ctx);
     } else if op == BPF_SOCK_OPS_HDR_OPT_LEN_CB {
         tune(&ctx);
+    } else if op == BPF_SOCK_OPS_STATE_CB
+        && ctx.arg(0) == BPF_TCP_ESTABLISHED
+        && ctx.arg(1) != BPF_TCP_ESTABLISHED
+    {
+        count_flow(u64::MAX); // minus one, wrapping
     }
     1
+}
+
+#[inline(always)]
+fn count_flow(delta: u64) {
+    if let Some(flows) = FLOWS.get_ptr_mut(0) {
+        // SAFETY: points into the map value, which outlives the program.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(flows, delta) };
+    }
 }
 
 const SOL_SOCKET: i32 = 1;
@@ -100,11 +122,12 @@ fn tune(ctx: &SockOpsContext) {
     let (Some(down), Some(up)) = (LIMITS.get(DOWN), LIMITS.get(UP)) else {
         return;
     };
+    let flows = FLOWS.get(0).copied().unwrap_or(1);
     // SAFETY: ctx.ops is the kernel's bpf_sock_ops for this call; the
     // options point to locals of the size passed. Failures only mean the
     // socket keeps its current setting; the policer still holds the limit.
     unsafe {
-        let mut window = receive_window(down.rate, (*ctx.ops).srtt_us) as i32;
+        let mut window = receive_window(share(down.rate, flows), (*ctx.ops).srtt_us) as i32;
         bpf_setsockopt(
             ctx.ops.cast(),
             SOL_TCP,
@@ -112,7 +135,7 @@ fn tune(ctx: &SockOpsContext) {
             (&mut window as *mut i32).cast(),
             4,
         );
-        let mut pacing = pacing_rate(up.rate);
+        let mut pacing = pacing_rate(share(up.rate, flows));
         bpf_setsockopt(
             ctx.ops.cast(),
             SOL_SOCKET,
