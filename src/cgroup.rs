@@ -2,9 +2,9 @@
 //! lives, and creating, emptying and removing it.
 
 use std::{
-    fs::{self, File, OpenOptions},
+    fs::{self, File},
     io,
-    os::{fd::AsFd, unix::fs::OpenOptionsExt as _},
+    os::fd::AsFd,
     path::{Path, PathBuf},
     thread,
     time::{Duration, Instant},
@@ -133,16 +133,6 @@ impl RunCgroup {
     /// The cgroup directory, as the BPF attach and query calls take it.
     pub fn dir(&self) -> std::os::fd::BorrowedFd<'_> {
         self.dir.as_fd()
-    }
-
-    /// Opens cgroup.procs for a child to write "0" into between fork and exec.
-    pub fn open_procs(&self) -> Result<File> {
-        let path = self.path.join("cgroup.procs");
-        OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))
     }
 
     /// Removes the cgroup: see [`remove_tree`].

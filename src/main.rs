@@ -10,6 +10,7 @@ mod doctor;
 mod guard;
 mod privileges;
 mod runs;
+mod spawn;
 mod stats;
 mod supervisor;
 

@@ -4,9 +4,7 @@
 use std::{
     ffi::{OsStr, OsString},
     io,
-    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
     path::Path,
-    process::Command,
     sync::{Arc, Mutex},
     thread,
     time::Duration,
@@ -19,7 +17,7 @@ use nix::{
         signal::{Signal, kill},
         wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid},
     },
-    unistd::{Pid, getpid},
+    unistd::Pid,
 };
 use signal_hook::{
     consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2, SIGWINCH},
@@ -30,7 +28,10 @@ use signal_hook::{
     low_level::siginfo::Cause,
 };
 
-use crate::cgroup::{self, RunCgroup};
+use crate::{
+    cgroup::{self, RunCgroup},
+    spawn,
+};
 
 /// Signals the wrapper passes on to the command.
 pub const FORWARDED: [i32; 7] = [SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH];
@@ -69,38 +70,10 @@ pub fn run(
     forwarding: Forwarding,
     leftovers: &Leftovers,
 ) -> Result<i32> {
-    let procs = cgroup.open_procs()?;
-    let procs_fd = procs.as_raw_fd();
-    let wrapper = getpid();
-    let mut cmd = Command::new(&command[0]);
-    cmd.args(&command[1..]).envs(env.iter().copied());
-    // SAFETY: the closure runs between fork and exec and only makes
-    // async-signal-safe system calls.
-    unsafe {
-        cmd.pre_exec(move || {
-            // Join the run's cgroup before exec, so the command's first
-            // instruction, and so its first socket, are already inside it.
-            if libc::write(procs_fd, b"0".as_ptr().cast(), 1) != 1 {
-                return Err(io::Error::last_os_error());
-            }
-            // If the wrapper is SIGKILLed, its bpf_links close and the
-            // command would run on unthrottled: take it down too. The death
-            // signal is tied to the thread that forked, which is the
-            // wrapper's main thread, alive until the end.
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if libc::getppid() != wrapper.as_raw() {
-                return Err(io::Error::from_raw_os_error(libc::ESRCH));
-            }
-            Ok(())
-        });
-    }
-    let child = match cmd.spawn() {
-        Ok(child) => Pid::from_raw(child.id() as i32),
+    let child = match spawn::spawn_in_cgroup(command, env, cgroup.dir()) {
+        Ok(child) => child,
         Err(e) => return Ok(exec_failure(&command[0], &e)),
     };
-    drop(procs);
 
     let exited = Arc::new(Mutex::new(false));
     let handle = forwarding.signals.handle();

@@ -1,0 +1,181 @@
+//! Starting the command directly inside the run's cgroup with
+//! clone3(CLONE_INTO_CGROUP).
+//!
+//! Forking first and then writing the child into cgroup.procs works too, but
+//! the migration takes the kernel's cgroup_threadgroup_rwsem for writing,
+//! which waits for an RCU grace period: about 16 ms, half of throttle's
+//! start-up. A child born in the cgroup takes no such lock, and is inside
+//! the cgroup before its first instruction, so its first socket is too.
+//! CLONE_INTO_CGROUP needs Linux 5.7, as the cgroup bpf_links do.
+
+use std::{
+    ffi::{CString, OsStr, OsString},
+    io,
+    os::{
+        fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
+        unix::ffi::OsStrExt as _,
+    },
+};
+
+use nix::unistd::{Pid, getpid};
+
+/// `struct clone_args` up to `cgroup` (CLONE_ARGS_SIZE_VER2), from
+/// include/uapi/linux/sched.h.
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// Starts `command` (looked up in PATH) with the wrapper's environment plus
+/// `env`, as a child born inside the cgroup open at `cgroup_dir`. The child
+/// dies with SIGKILL if the wrapper's main thread dies (the caller must be
+/// the main thread). Returns the child's pid once exec has succeeded, or
+/// exec's error.
+pub fn spawn_in_cgroup(
+    command: &[OsString],
+    env: &[(&str, &OsStr)],
+    cgroup_dir: BorrowedFd<'_>,
+) -> io::Result<Pid> {
+    // Everything the child needs is built here: between clone and exec a
+    // child of a multi-threaded process may not allocate.
+    let argv_owned = command
+        .iter()
+        .map(|a| cstring(a))
+        .collect::<io::Result<Vec<_>>>()?;
+    let mut argv: Vec<*const libc::c_char> = argv_owned.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let envp_owned = environment(env)?;
+    let mut envp: Vec<*const libc::c_char> = envp_owned.iter().map(|e| e.as_ptr()).collect();
+    envp.push(std::ptr::null());
+
+    // exec's errno travels back on a close-on-exec pipe: EOF means exec worked.
+    let mut fds = [0; 2];
+    // SAFETY: fds has room for the two descriptors pipe2 writes.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 just returned these two descriptors, owned by nobody else.
+    let (reader, writer) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let wrapper = getpid().as_raw();
+
+    let args = CloneArgs {
+        flags: CLONE_INTO_CGROUP,
+        exit_signal: libc::SIGCHLD as u64,
+        cgroup: cgroup_dir.as_raw_fd() as u64,
+        ..CloneArgs::default()
+    };
+    // SAFETY: a fork-like clone3 (no new stack, no shared memory). The child
+    // branch below only makes async-signal-safe calls on memory prepared
+    // above, then execs or _exits.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    if pid == 0 {
+        // SAFETY: see above; this is the child and never returns.
+        unsafe { child(&argv, &envp, writer.as_raw_fd(), wrapper) }
+    }
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    drop(writer);
+    let pid = Pid::from_raw(pid as i32);
+    let mut errno = [0u8; 4];
+    // SAFETY: reading into a 4-byte local buffer from a descriptor we own.
+    let n = loop {
+        let n = unsafe { libc::read(reader.as_raw_fd(), errno.as_mut_ptr().cast(), 4) };
+        if n >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            break n;
+        }
+    };
+    if n == 0 {
+        return Ok(pid);
+    }
+    // exec failed: the child has _exited; reap it so it leaves no zombie.
+    let _ = nix::sys::wait::waitpid(pid, None);
+    Err(if n == 4 {
+        io::Error::from_raw_os_error(i32::from_ne_bytes(errno))
+    } else {
+        io::Error::other("the command's child process failed before exec")
+    })
+}
+
+/// The child between clone3 and exec.
+///
+/// # Safety
+/// Only to be called in the child of a fork-like clone; `argv` and `envp`
+/// are null-terminated arrays of valid C strings.
+unsafe fn child(
+    argv: &[*const libc::c_char],
+    envp: &[*const libc::c_char],
+    report: libc::c_int,
+    wrapper: libc::pid_t,
+) -> ! {
+    /// Sends errno to the parent and exits.
+    unsafe fn fail(report: libc::c_int) -> ! {
+        // SAFETY: async-signal-safe calls on a local buffer.
+        unsafe {
+            let errno = *libc::__errno_location();
+            libc::write(report, errno.to_ne_bytes().as_ptr().cast(), 4);
+            libc::_exit(127)
+        }
+    }
+    // SAFETY (whole body): async-signal-safe system calls on prepared memory.
+    unsafe {
+        // If the wrapper is SIGKILLed, its bpf_links close and the command
+        // would run on unthrottled: take it down too.
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+            fail(report);
+        }
+        if libc::getppid() != wrapper {
+            *libc::__errno_location() = libc::ESRCH;
+            fail(report);
+        }
+        // The command starts as if the wrapper were not there: Rust ignores
+        // SIGPIPE at start-up, and exec keeps ignored signals and the mask.
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        libc::execvpe(argv[0], argv.as_ptr(), envp.as_ptr());
+        fail(report)
+    }
+}
+
+fn cstring(s: &OsStr) -> io::Result<CString> {
+    CString::new(s.as_bytes()).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} contains a NUL byte", s.to_string_lossy()),
+        )
+    })
+}
+
+/// The wrapper's environment with `extra` added (replacing same-named entries).
+fn environment(extra: &[(&str, &OsStr)]) -> io::Result<Vec<CString>> {
+    let inherited = std::env::vars_os().filter(|(k, _)| !extra.iter().any(|(e, _)| k == e));
+    let mut entries = Vec::new();
+    for (key, value) in inherited.chain(extra.iter().map(|(k, v)| (k.into(), v.into()))) {
+        let mut entry = key.into_encoded_bytes();
+        entry.push(b'=');
+        entry.extend_from_slice(value.as_bytes());
+        entries.push(cstring(OsStr::from_bytes(&entry))?);
+    }
+    Ok(entries)
+}
