@@ -92,10 +92,10 @@ impl Programs {
         cgroup: &Path,
         limits: [Limit; 2],
     ) -> Result<Programs> {
-        // Not Ebpf::load: it parses the kernel's 9 MB BTF twice (once in
-        // EbpfLoader::new and once more explicitly), which was a third of
-        // throttle's start-up time.
-        let ebpf = EbpfLoader::new().load(OBJECT).map_err(|e| anyhow!(e)).context(
+        // The programs use no kernel types, so the kernel's 9 MB BTF is not
+        // parsed (Ebpf::load parses it twice): that was most of throttle's
+        // start-up time. See vendor/aya/THROTTLE-PATCH.md.
+        let ebpf = EbpfLoader::without_kernel_btf().load(OBJECT).map_err(|e| anyhow!(e)).context(
             "could not load the eBPF object (needs CAP_BPF and CAP_NET_ADMIN; see 'throttle doctor')",
         )?;
         let mut programs = Programs {
