@@ -42,6 +42,7 @@ pub struct Netns {
 
 impl Netns {
     pub fn new() -> Netns {
+        sweep_stale();
         static NEXT: AtomicU32 = AtomicU32::new(1);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
@@ -96,6 +97,26 @@ impl Netns {
         Server {
             url: format!("http://{}:{port}", self.peer),
             uploads,
+        }
+    }
+}
+
+/// Deletes the namespaces of labs whose process is gone (killed before its
+/// Drop ran); deleting a namespace deletes its veth pair too.
+fn sweep_stale() {
+    let Ok(entries) = fs::read_dir("/run/netns") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("thr-lab-")
+            .and_then(|rest| rest.split('-').next())
+        else {
+            continue;
+        };
+        if !PathBuf::from("/proc").join(pid).exists() {
+            let _ = Command::new("ip").args(["netns", "del", &name]).status();
         }
     }
 }
