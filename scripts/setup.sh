@@ -13,8 +13,9 @@ need_root() {
 }
 
 # Debian packages: LLVM 22 for bpf-linker, iproute2 for the test namespaces,
-# bpftool for inspecting attachments, and the benchmark's peers.
-APT_PACKAGES=(llvm-22-dev iproute2 bpftool iperf3 trickle curl)
+# bpftool for inspecting attachments, the benchmark's peers, and a font for
+# its plot.
+APT_PACKAGES=(llvm-22-dev iproute2 bpftool iperf3 trickle curl fonts-dejavu-core)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -38,10 +38,23 @@ pub fn receive_window(rate: u64, srtt_scaled: u32) -> u32 {
     window.clamp(MIN_WINDOW, MAX_WINDOW) as u32
 }
 
-/// One connection's share of a direction's `rate` when `flows` connections
-/// are established: an equal split, but never below an eighth of the limit
-/// (idle connections count too, and the policer still caps the sum), and
-/// unlimited stays unlimited.
+/// Bytes a connection must have moved (either way) before it counts as one
+/// of the flows sharing the limit: more than a control connection (iperf3's
+/// carries a few hundred bytes until its final report) or a small request,
+/// yet reached within a quarter second by a share of 64 KiB/s.
+pub const BULK: u64 = 16 * 1024;
+
+/// Whether a connection that received `received` and had `acked` bytes
+/// acknowledged is a bulk flow.
+#[inline(always)]
+pub fn is_bulk(received: u64, acked: u64) -> bool {
+    received > BULK || acked > BULK
+}
+
+/// One connection's share of a direction's `rate` when `flows` bulk
+/// connections are established (0 before the first one is): an equal split,
+/// but never below an eighth of the limit (a bulk connection may have gone
+/// idle, and the policer still caps the sum); unlimited stays unlimited.
 #[inline(always)]
 pub fn share(rate: u64, flows: u64) -> u64 {
     // A count beyond any real number of connections is a counter that
@@ -93,6 +106,13 @@ mod tests {
     #[test]
     fn low_rtt_gets_the_minimum_window() {
         assert_eq!(u64::from(receive_window(MIB, 8 * 40)), MIN_WINDOW);
+    }
+
+    #[test]
+    fn only_bulk_connections_take_a_share() {
+        assert!(!is_bulk(4096, 900));
+        assert!(is_bulk(BULK + 1, 0));
+        assert!(is_bulk(0, BULK + 1));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The kernel half of throttle: one `cgroup_skb` program per direction,
 //! attached to the run's own cgroup, policing every packet of every socket
-//! created inside it.
+//! created inside it, and a `sock_ops` program that paces the cgroup's TCP
+//! uploads and clamps its download windows so the policers rarely drop.
 //!
 //! Each run loads its own copy of this object, so the maps below belong to
 //! exactly one run and one cgroup; nothing here asks which cgroup a packet
@@ -18,8 +19,8 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use aya_ebpf::{
     bindings::{
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_HDR_OPT_LEN_CB,
-        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
-        BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG, BPF_TCP_ESTABLISHED,
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_RTO_CB_FLAG, BPF_SOCK_OPS_STATE_CB,
+        BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG, BPF_TCP_ESTABLISHED,
     },
     helpers::{bpf_ktime_get_ns, bpf_setsockopt},
     macros::{cgroup_skb, map, sock_ops},
@@ -30,7 +31,7 @@ use throttle_common::{
     Counters, DIRECTIONS, DOWN, Limit, UP,
     packet::{IPPROTO_TCP, ip_header_len, layout, tcp_without_payload},
     policer::{Step, police},
-    sockets::{pacing_rate, receive_window, share},
+    sockets::{is_bulk, pacing_rate, receive_window, share},
 };
 
 #[map(name = "LIMITS")]
@@ -46,8 +47,9 @@ static CLOCK: Array<u64> = Array::with_max_entries(DIRECTIONS, 0);
 #[map(name = "SOCKETS")]
 static SOCKETS: Array<u32> = Array::with_max_entries(1, 0);
 
-/// Entry 0: how many of the cgroup's TCP connections are established; the
-/// socket hooks give each its share of the limit.
+/// Entry 0: how many of the cgroup's established TCP connections carry bulk
+/// data (see `throttle_common::sockets::BULK`); the socket hooks give each
+/// its share of the limit.
 #[map(name = "FLOWS")]
 static FLOWS: Array<u64> = Array::with_max_entries(1, 0);
 
@@ -83,7 +85,6 @@ pub fn throttle_up(ctx: SkBuffContext) -> i32 {
 pub fn throttle_socks(ctx: SockOpsContext) -> u32 {
     let op = ctx.op();
     if op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB || op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB {
-        count_flow(1);
         // Asks for a callback per outgoing segment (the header-option
         // length query; no option is ever written) and one per state change.
         let flags =
@@ -91,14 +92,36 @@ pub fn throttle_socks(ctx: SockOpsContext) -> u32 {
         let _ = ctx.set_cb_flags(flags as i32);
         tune(&ctx);
     } else if op == BPF_SOCK_OPS_HDR_OPT_LEN_CB {
+        count_if_bulk(&ctx);
         tune(&ctx);
     } else if op == BPF_SOCK_OPS_STATE_CB
         && ctx.arg(0) == BPF_TCP_ESTABLISHED
         && ctx.arg(1) != BPF_TCP_ESTABLISHED
+        && ctx.cb_flags() & COUNTED != 0
     {
         count_flow(u64::MAX); // minus one, wrapping
     }
     1
+}
+
+/// The per-socket mark of a connection counted in FLOWS. A socket has no
+/// other storage here, so the mark is a callback flag whose callback (on a
+/// retransmission timeout) is rare and ignored.
+const COUNTED: u32 = BPF_SOCK_OPS_RTO_CB_FLAG;
+
+/// Counts the connection in FLOWS once it has moved bulk data, so control
+/// connections and idle keep-alives do not take a share of the limit.
+#[inline(always)]
+fn count_if_bulk(ctx: &SockOpsContext) {
+    let flags = ctx.cb_flags();
+    if flags & COUNTED != 0 {
+        return;
+    }
+    // SAFETY: ctx.ops is the kernel's bpf_sock_ops for this call.
+    let (received, acked) = unsafe { ((*ctx.ops).bytes_received, (*ctx.ops).bytes_acked) };
+    if is_bulk(received, acked) && ctx.set_cb_flags((flags | COUNTED) as i32).is_ok() {
+        count_flow(1);
+    }
 }
 
 #[inline(always)]
@@ -122,7 +145,7 @@ fn tune(ctx: &SockOpsContext) {
     let (Some(down), Some(up)) = (LIMITS.get(DOWN), LIMITS.get(UP)) else {
         return;
     };
-    let flows = FLOWS.get(0).copied().unwrap_or(1);
+    let flows = FLOWS.get(0).copied().unwrap_or(0);
     // SAFETY: ctx.ops is the kernel's bpf_sock_ops for this call; the
     // options point to locals of the size passed. Failures only mean the
     // socket keeps its current setting; the policer still holds the limit.

@@ -83,6 +83,20 @@ fn a_live_limit_change_is_followed_within_a_second() {
     let at = |t: Duration| t.saturating_sub(offset);
     let second = Duration::from_secs(1);
     let (raised, lowered) = (at(raised_at), at(lowered_at));
+    // For the record: when the delivered rate (over 200 ms) first came
+    // within 20% of the new limit.
+    let settled = |from: Duration, limit: u64| {
+        let step = Duration::from_millis(100);
+        (0..20).map(|i| from + step * i).find(|t| {
+            let ratio = samples.rate_between(*t, *t + 2 * step) / limit as f64;
+            (0.8..=1.2).contains(&ratio)
+        })
+    };
+    eprintln!(
+        "in force after: raise {:?}, lower {:?}",
+        settled(raised, 2 * MIB).map(|t| t - raised),
+        settled(lowered, 512 << 10).map(|t| t - lowered)
+    );
     assert_ratio(
         "before the change",
         samples.rate_between(second, raised),

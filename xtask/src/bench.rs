@@ -6,6 +6,7 @@
 //! sender's TcpRetransSegs, and from throttle's own drop counters.
 
 use std::{
+    cell::RefCell,
     fs,
     net::{Ipv4Addr, TcpListener},
     path::{Path, PathBuf},
@@ -189,8 +190,8 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
 /// iperf3 server on loopback.
 struct Lab {
     netns: Netns,
-    veth_iperf: Server,
-    loopback_iperf: Server,
+    veth_iperf: RefCell<Server>,
+    loopback_iperf: RefCell<Server>,
     http: crate::netlab::Server,
 }
 
@@ -215,17 +216,34 @@ impl Lab {
         let http = netns.serve();
         Ok(Lab {
             netns,
-            veth_iperf,
-            loopback_iperf,
+            veth_iperf: RefCell::new(veth_iperf),
+            loopback_iperf: RefCell::new(loopback_iperf),
             http,
         })
     }
 
-    fn iperf(&self, link: Link) -> &Server {
+    fn iperf_server(&self, link: Link) -> &RefCell<Server> {
         match link {
             Link::Veth => &self.veth_iperf,
             Link::Loopback => &self.loopback_iperf,
         }
+    }
+
+    /// Where the link's iperf3 server listens.
+    fn iperf(&self, link: Link) -> (Ipv4Addr, u16) {
+        let server = self.iperf_server(link).borrow();
+        (server.addr, server.port)
+    }
+
+    /// Replaces the link's iperf3 server: after a failed client it may stay
+    /// busy with the dead test and refuse the next ones.
+    fn restart_iperf(&self, link: Link) -> Result<()> {
+        let netns = (link == Link::Veth).then_some(self.netns.name.as_str());
+        let addr = self.iperf(link).0;
+        let mut server = self.iperf_server(link).borrow_mut();
+        let old = std::mem::replace(&mut *server, iperf_server(netns, addr)?);
+        drop(old);
+        Ok(())
     }
 
     /// TcpRetransSegs of the namespace the sender of `dir` lives in.
@@ -339,24 +357,21 @@ impl Bench<'_> {
     fn measure(&self, case: &Case, contender: Contender) -> Result<Measurement> {
         match case.traffic {
             Traffic::Curl => self.curl(case, contender),
-            _ => self.iperf(case, contender, Some(case.limit), &[]),
+            _ => self
+                .iperf(case, contender, Some(case.limit))
+                .inspect_err(|_| {
+                    let _ = self.lab.restart_iperf(case.link);
+                }),
         }
     }
 
-    fn iperf(
-        &self,
-        case: &Case,
-        contender: Contender,
-        limit: Option<u64>,
-        extra: &[&str],
-    ) -> Result<Measurement> {
-        let server = self.lab.iperf(case.link);
+    fn iperf(&self, case: &Case, contender: Contender, limit: Option<u64>) -> Result<Measurement> {
+        let (addr, port) = self.lab.iperf(case.link);
         let mut cmd = self.wrap(contender, limit);
         let (secs, warmup) = (self.plan.secs.to_string(), self.plan.warmup.to_string());
         cmd.args(["iperf3", "-J", "--get-server-output", "-c"])
-            .arg(server.addr.to_string())
-            .args(["-p", &server.port.to_string(), "-t", &secs, "-O", &warmup])
-            .args(extra);
+            .arg(addr.to_string())
+            .args(["-p", &port.to_string(), "-t", &secs, "-O", &warmup]);
         if case.dir == Dir::Down {
             cmd.arg("-R");
         }
@@ -480,8 +495,8 @@ impl Bench<'_> {
             let mut bare = Vec::new();
             let mut attached = Vec::new();
             for _ in 0..self.plan.overhead_runs {
-                bare.push(self.iperf(&case, Contender::Bare, None, &[])?.achieved);
-                attached.push(self.iperf(&case, Contender::Throttle, None, &[])?.achieved);
+                bare.push(self.iperf(&case, Contender::Bare, None)?.achieved);
+                attached.push(self.iperf(&case, Contender::Throttle, None)?.achieved);
             }
             throughput.push((dir, report::median(&bare), report::median(&attached)));
         }

@@ -227,10 +227,14 @@ impl Row {
             };
         }
         let misses = self.misses();
-        if misses.is_empty() {
+        let verdict = if misses.is_empty() {
             "pass".to_string()
         } else {
             format!("**misses {}**", misses.join(", "))
+        };
+        match &self.failure {
+            Some(why) => format!("{verdict} ({} run(s) failed: {why})", self.failed),
+            None => verdict,
         }
     }
 
