@@ -20,22 +20,28 @@ pub const MIN_WINDOW: u64 = 4 * 1024;
 pub const MAX_WINDOW: u64 = 1 << 30;
 
 /// The receive window for a download limited to `rate` bytes/s on a socket
-/// whose scaled smoothed RTT is `srtt_scaled`; [`MAX_WINDOW`] when the
-/// direction is unlimited, which undoes an earlier clamp.
+/// whose scaled smoothed RTT is `srtt_scaled` and whose segments carry up
+/// to `mss` bytes; [`MAX_WINDOW`] when the direction is unlimited, which
+/// undoes an earlier clamp.
+///
+/// Never less than two segments: a window smaller than one segment makes
+/// the sender wait for the persist timer (on loopback, whose MSS is 64 KiB,
+/// a 4 KiB window held a 1 MiB/s download to 20 KB/s).
 ///
 /// A sender can have at most one window in flight, so a window of a few
 /// RTTs of the limit caps how much it can send into an empty bucket: when
 /// the policer does drop, it drops a few segments instead of a whole
 /// congestion window of 64 KiB GSO packets.
 #[inline(always)]
-pub fn receive_window(rate: u64, srtt_scaled: u32) -> u32 {
+pub fn receive_window(rate: u64, srtt_scaled: u32, mss: u32) -> u32 {
     if rate == 0 {
         return MAX_WINDOW as u32;
     }
+    let floor = (2 * u64::from(mss)).max(MIN_WINDOW);
     let srtt_us = u64::from(srtt_scaled >> SRTT_SHIFT);
     // rate ≤ 2^34 and srtt_us < 2^29, so the product stays below 2^63.
     let window = WINDOW_RTTS * rate / 1_000 * srtt_us / 1_000;
-    window.clamp(MIN_WINDOW, MAX_WINDOW) as u32
+    window.clamp(floor.min(MAX_WINDOW), MAX_WINDOW) as u32
 }
 
 /// Bytes a connection must have moved (either way) before it counts as one
@@ -92,20 +98,25 @@ mod tests {
 
     #[test]
     fn unlimited_means_no_clamp_and_no_pacing() {
-        assert_eq!(u64::from(receive_window(0, 8 * 50_000)), MAX_WINDOW);
+        assert_eq!(u64::from(receive_window(0, 8 * 50_000, 1448)), MAX_WINDOW);
         assert_eq!(pacing_rate(0), u32::MAX);
     }
 
     #[test]
     fn window_is_a_few_round_trips_of_the_limit() {
         // 1 MiB/s at 50 ms: 4 × 52 KB.
-        let w = receive_window(MIB, 8 * 50_000);
+        let w = receive_window(MIB, 8 * 50_000, 1448);
         assert!((200_000..=210_000).contains(&w), "{w}");
     }
 
     #[test]
     fn low_rtt_gets_the_minimum_window() {
-        assert_eq!(u64::from(receive_window(MIB, 8 * 40)), MIN_WINDOW);
+        assert_eq!(u64::from(receive_window(MIB, 8 * 40, 1448)), MIN_WINDOW);
+    }
+
+    #[test]
+    fn window_holds_two_segments_of_a_large_mss() {
+        assert_eq!(receive_window(MIB, 8 * 40, 65483), 2 * 65483);
     }
 
     #[test]
@@ -129,7 +140,7 @@ mod tests {
 
     #[test]
     fn extreme_values_saturate() {
-        let top = receive_window(crate::policer::MAX_RATE, u32::MAX);
+        let top = receive_window(crate::policer::MAX_RATE, u32::MAX, u32::MAX);
         assert_eq!(u64::from(top), MAX_WINDOW);
         assert_eq!(pacing_rate(crate::policer::MAX_RATE), u32::MAX);
         assert_eq!(pacing_rate(u64::from(u32::MAX) - 1), u32::MAX - 1);

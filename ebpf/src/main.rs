@@ -150,7 +150,11 @@ fn tune(ctx: &SockOpsContext) {
     // options point to locals of the size passed. Failures only mean the
     // socket keeps its current setting; the policer still holds the limit.
     unsafe {
-        let mut window = receive_window(share(down.rate, flows), (*ctx.ops).srtt_us) as i32;
+        let mut window = receive_window(
+            share(down.rate, flows),
+            (*ctx.ops).srtt_us,
+            (*ctx.ops).mss_cache,
+        ) as i32;
         bpf_setsockopt(
             ctx.ops.cast(),
             SOL_TCP,
