@@ -50,11 +50,11 @@ pub fn receive_window(rate: u64, srtt_scaled: u32, mss: u32) -> u32 {
 /// yet reached within a quarter second by a share of 64 KiB/s.
 pub const BULK: u64 = 16 * 1024;
 
-/// Whether a connection that received `received` and had `acked` bytes
-/// acknowledged is a bulk flow.
+/// Whether a connection that moved `bytes` one way (received, or sent and
+/// acknowledged) is a bulk flow that way.
 #[inline(always)]
-pub fn is_bulk(received: u64, acked: u64) -> bool {
-    received > BULK || acked > BULK
+pub fn is_bulk(bytes: u64) -> bool {
+    bytes > BULK
 }
 
 /// One connection's share of a direction's `rate` when `flows` bulk
@@ -121,9 +121,9 @@ mod tests {
 
     #[test]
     fn only_bulk_connections_take_a_share() {
-        assert!(!is_bulk(4096, 900));
-        assert!(is_bulk(BULK + 1, 0));
-        assert!(is_bulk(0, BULK + 1));
+        assert!(!is_bulk(4096));
+        assert!(!is_bulk(BULK));
+        assert!(is_bulk(BULK + 1));
     }
 
     #[test]

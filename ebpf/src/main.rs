@@ -19,8 +19,9 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use aya_ebpf::{
     bindings::{
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_HDR_OPT_LEN_CB,
-        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_RTO_CB_FLAG, BPF_SOCK_OPS_STATE_CB,
-        BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG, BPF_TCP_ESTABLISHED,
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_RETRANS_CB_FLAG,
+        BPF_SOCK_OPS_RTO_CB_FLAG, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
+        BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG, BPF_TCP_ESTABLISHED,
     },
     helpers::{bpf_ktime_get_ns, bpf_setsockopt},
     macros::{cgroup_skb, map, sock_ops},
@@ -47,11 +48,11 @@ static CLOCK: Array<u64> = Array::with_max_entries(DIRECTIONS, 0);
 #[map(name = "SOCKETS")]
 static SOCKETS: Array<u32> = Array::with_max_entries(1, 0);
 
-/// Entry 0: how many of the cgroup's established TCP connections carry bulk
-/// data (see `throttle_common::sockets::BULK`); the socket hooks give each
-/// its share of the limit.
+/// Per direction: how many of the cgroup's established TCP connections
+/// carry bulk data that way (see `throttle_common::sockets::BULK`); the
+/// socket hooks give each its share of that direction's limit.
 #[map(name = "FLOWS")]
-static FLOWS: Array<u64> = Array::with_max_entries(1, 0);
+static FLOWS: Array<u64> = Array::with_max_entries(DIRECTIONS, 0);
 
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(DIRECTIONS, 0);
@@ -97,36 +98,43 @@ pub fn throttle_socks(ctx: SockOpsContext) -> u32 {
     } else if op == BPF_SOCK_OPS_STATE_CB
         && ctx.arg(0) == BPF_TCP_ESTABLISHED
         && ctx.arg(1) != BPF_TCP_ESTABLISHED
-        && ctx.cb_flags() & COUNTED != 0
     {
-        count_flow(u64::MAX); // minus one, wrapping
+        let flags = ctx.cb_flags();
+        for (direction, mark) in COUNTED {
+            if flags & mark != 0 {
+                count_flow(direction, u64::MAX); // minus one, wrapping
+            }
+        }
     }
     1
 }
 
-/// The per-socket mark of a connection counted in FLOWS. A socket has no
-/// other storage here, so the mark is a callback flag whose callback (on a
-/// retransmission timeout) is rare and ignored.
-const COUNTED: u32 = BPF_SOCK_OPS_RTO_CB_FLAG;
+/// Per direction, the per-socket mark of a connection counted in FLOWS. A
+/// socket has no other storage here, so the marks are callback flags whose
+/// callbacks (retransmission timeout, retransmission) are rare and ignored.
+const COUNTED: [(u32, u32); 2] = [
+    (DOWN, BPF_SOCK_OPS_RTO_CB_FLAG),
+    (UP, BPF_SOCK_OPS_RETRANS_CB_FLAG),
+];
 
-/// Counts the connection in FLOWS once it has moved bulk data, so control
-/// connections and idle keep-alives do not take a share of the limit.
+/// Counts the connection in a direction's FLOWS once it has moved bulk data
+/// that way, so control connections, idle keep-alives and a download's
+/// ACK stream do not take a share of the limit.
 #[inline(always)]
 fn count_if_bulk(ctx: &SockOpsContext) {
-    let flags = ctx.cb_flags();
-    if flags & COUNTED != 0 {
-        return;
-    }
     // SAFETY: ctx.ops is the kernel's bpf_sock_ops for this call.
     let (received, acked) = unsafe { ((*ctx.ops).bytes_received, (*ctx.ops).bytes_acked) };
-    if is_bulk(received, acked) && ctx.set_cb_flags((flags | COUNTED) as i32).is_ok() {
-        count_flow(1);
+    for ((direction, mark), moved) in COUNTED.into_iter().zip([received, acked]) {
+        let flags = ctx.cb_flags();
+        if flags & mark == 0 && is_bulk(moved) && ctx.set_cb_flags((flags | mark) as i32).is_ok() {
+            count_flow(direction, 1);
+        }
     }
 }
 
 #[inline(always)]
-fn count_flow(delta: u64) {
-    if let Some(flows) = FLOWS.get_ptr_mut(0) {
+fn count_flow(direction: u32, delta: u64) {
+    if let Some(flows) = FLOWS.get_ptr_mut(direction) {
         // SAFETY: points into the map value, which outlives the program.
         unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(flows, delta) };
     }
@@ -145,13 +153,13 @@ fn tune(ctx: &SockOpsContext) {
     let (Some(down), Some(up)) = (LIMITS.get(DOWN), LIMITS.get(UP)) else {
         return;
     };
-    let flows = FLOWS.get(0).copied().unwrap_or(0);
+    let flows = |direction| FLOWS.get(direction).copied().unwrap_or(0);
     // SAFETY: ctx.ops is the kernel's bpf_sock_ops for this call; the
     // options point to locals of the size passed. Failures only mean the
     // socket keeps its current setting; the policer still holds the limit.
     unsafe {
         let mut window = receive_window(
-            share(down.rate, flows),
+            share(down.rate, flows(DOWN)),
             (*ctx.ops).srtt_us,
             (*ctx.ops).mss_cache,
         ) as i32;
@@ -162,7 +170,7 @@ fn tune(ctx: &SockOpsContext) {
             (&mut window as *mut i32).cast(),
             4,
         );
-        let mut pacing = pacing_rate(share(up.rate, flows));
+        let mut pacing = pacing_rate(share(up.rate, flows(UP)));
         bpf_setsockopt(
             ctx.ops.cast(),
             SOL_SOCKET,
