@@ -20,7 +20,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicUsize, Ordering},
     },
     thread::{self, JoinHandle},
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -90,8 +90,7 @@ impl Limits {
 /// The serving socket; dropping it stops serving and removes the file.
 pub struct Server {
     path: PathBuf,
-    stop: Arc<AtomicBool>,
-    /// Closing it wakes the accept loop at once (its poll sees the hang-up),
+    /// Closing it stops the accept loop at once (its poll sees the hang-up),
     /// so teardown never waits out a poll timeout.
     wake: Option<OwnedFd>,
     thread: Option<JoinHandle<()>>,
@@ -112,7 +111,6 @@ impl Server {
         let (woken, wake) = pipe2(OFlag::O_CLOEXEC).context("creating a pipe")?;
         let mut server = Server {
             path: path.to_path_buf(),
-            stop: Arc::new(AtomicBool::new(false)),
             wake: Some(wake),
             thread: None,
         };
@@ -120,10 +118,9 @@ impl Server {
             .with_context(|| format!("setting the mode of {}", path.display()))?;
         chown(path, Some(owner.0), Some(owner.1))
             .with_context(|| format!("handing {} to uid {}", path.display(), owner.0))?;
-        let stop = Arc::clone(&server.stop);
         let thread = thread::Builder::new()
             .name("control".into())
-            .spawn(move || accept_loop(&listener, &woken, &stop, owner.0, &state))
+            .spawn(move || accept_loop(&listener, &woken, owner.0, &state))
             .context("starting the control socket thread")?;
         server.thread = Some(thread);
         Ok(server)
@@ -132,7 +129,6 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
         drop(self.wake.take());
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
@@ -145,15 +141,9 @@ impl Drop for Server {
     }
 }
 
-fn accept_loop(
-    listener: &UnixListener,
-    woken: &OwnedFd,
-    stop: &AtomicBool,
-    owner: Uid,
-    state: &Arc<RunState>,
-) {
+fn accept_loop(listener: &UnixListener, woken: &OwnedFd, owner: Uid, state: &Arc<RunState>) {
     let clients = Arc::new(AtomicUsize::new(0));
-    while !stop.load(Ordering::Relaxed) {
+    loop {
         let mut fds = [
             PollFd::new(listener.as_fd(), PollFlags::POLLIN),
             PollFd::new(woken.as_fd(), PollFlags::POLLIN),

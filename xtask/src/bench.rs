@@ -385,16 +385,10 @@ impl Bench<'_> {
             }
             _ => {}
         }
-        let (retrans_before, cpu_before) = (
-            self.lab.retransmitted_segments(case.link, case.dir)?,
-            children_cpu(),
-        );
-        let output = cmd
-            .stdin(Stdio::null())
-            .output()
-            .context("running iperf3")?;
-        let cpu = children_cpu() - cpu_before;
-        let retransmitted = self.lab.retransmitted_segments(case.link, case.dir)? - retrans_before;
+        let (output, cost) = self.costed(case, || {
+            cmd.stdin(Stdio::null()).output().context("running iperf3")
+        })?;
+        let output = output?;
         let json: Value = serde_json::from_slice(&output.stdout).with_context(|| {
             format!(
                 "iperf3 printed no JSON: {}",
@@ -441,9 +435,9 @@ impl Bench<'_> {
             achieved,
             delivered,
             dropped: throttle_drops(&output.stderr),
-            retransmitted_bytes: retransmitted * case.link.mss(),
+            retransmitted_bytes: cost.retransmitted_bytes,
             per_second,
-            cpu,
+            cpu: cost.cpu,
         })
     }
 
@@ -452,13 +446,9 @@ impl Bench<'_> {
         let url = format!("{}/{}", self.lab.http.url, case.limit * secs);
         let mut cmd = self.wrap(contender, Some(case.limit));
         cmd.args(["curl", "-sS", "--fail", &url]);
-        let (retrans_before, cpu_before) = (
-            self.lab.retransmitted_segments(case.link, case.dir)?,
-            children_cpu(),
-        );
-        let (samples, output) = measure_stdout(&mut cmd, Duration::from_secs(4 * secs + 30));
-        let cpu = children_cpu() - cpu_before;
-        let retransmitted = self.lab.retransmitted_segments(case.link, case.dir)? - retrans_before;
+        let ((samples, output), cost) = self.costed(case, || {
+            measure_stdout(&mut cmd, Duration::from_secs(4 * secs + 30))
+        })?;
         ensure!(
             output.status.success(),
             "curl failed: {}",
@@ -480,10 +470,25 @@ impl Bench<'_> {
             achieved,
             delivered: samples.total(),
             dropped: throttle_drops(&output.stderr),
-            retransmitted_bytes: retransmitted * case.link.mss(),
+            retransmitted_bytes: cost.retransmitted_bytes,
             per_second,
-            cpu,
+            cpu: cost.cpu,
         })
+    }
+
+    /// Runs `run` and measures what it cost: CPU seconds of the children it
+    /// waited for, and the bytes the case's sender retransmitted meanwhile.
+    fn costed<T>(&self, case: &Case, run: impl FnOnce() -> T) -> Result<(T, Cost)> {
+        let retransmitted = self.lab.retransmitted_segments(case.link, case.dir)?;
+        let cpu = children_cpu();
+        let value = run();
+        let cost = Cost {
+            cpu: children_cpu() - cpu,
+            retransmitted_bytes: (self.lab.retransmitted_segments(case.link, case.dir)?
+                - retransmitted)
+                * case.link.mss(),
+        };
+        Ok((value, cost))
     }
 
     /// Programs attached but no limit, against no throttle at all; and the
@@ -541,6 +546,11 @@ impl Bench<'_> {
             .map(|t| (t.as_secs_f64(), samples.rate_between(t - step, t)))
             .collect())
     }
+}
+
+struct Cost {
+    cpu: f64,
+    retransmitted_bytes: u64,
 }
 
 /// CPU seconds (user + system) of all waited-for children so far.
