@@ -13,9 +13,10 @@ need_root() {
 }
 
 # Debian packages: LLVM 22 for bpf-linker, iproute2 for the test namespaces,
-# bpftool for inspecting attachments, the benchmark's peers, and a font for
-# its plot.
-APT_PACKAGES=(llvm-22-dev iproute2 bpftool iperf3 trickle curl fonts-dejavu-core)
+# bpftool for inspecting attachments, the benchmark's peers, a font for its
+# plot, and strace and python3 for the security tests (a stalled set-up, a
+# fake run served by another user).
+APT_PACKAGES=(llvm-22-dev iproute2 bpftool iperf3 trickle curl fonts-dejavu-core strace python3)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

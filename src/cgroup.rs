@@ -5,7 +5,7 @@ use std::{
     fs::{self, File},
     io,
     os::fd::AsFd,
-    path::{Path, PathBuf},
+    path::{Component, Path, PathBuf},
     thread,
     time::{Duration, Instant},
 };
@@ -14,7 +14,7 @@ use anyhow::{Context as _, Result, bail};
 use nix::{
     errno::Errno,
     sys::signal::{Signal, kill},
-    unistd::Pid,
+    unistd::{Pid, Uid},
 };
 
 /// Directory under the cgroup2 mount that holds top-level runs.
@@ -93,6 +93,63 @@ pub fn run_parent(mount: &Path, own: &Path) -> PathBuf {
 /// The parent for this process's runs: [`run_parent`] of its own cgroup.
 pub fn runs_parent(mount: &Path) -> Result<PathBuf> {
     Ok(run_parent(mount, &own_cgroup(mount)?))
+}
+
+/// Refuses, for a run as root, a parent cgroup delegated to a user other
+/// than the run's `owner`: whoever owns a cgroup's `cgroup.procs` can move
+/// every process below it elsewhere, out of the run's limits, and kill them
+/// all through `cgroup.kill`. A parent delegated to the owner themselves is
+/// allowed: it is where sudo puts any command they start from their desktop
+/// session, and they own the run's limits anyway.
+pub fn check_delegation(mount: &Path, parent: &Path, owner: Uid) -> Result<()> {
+    if !Uid::effective().is_root() {
+        return Ok(());
+    }
+    for dir in parent.ancestors().take_while(|dir| *dir != mount) {
+        let procs = dir.join("cgroup.procs");
+        let uid = match fs::metadata(&procs) {
+            Ok(meta) => std::os::unix::fs::MetadataExt::uid(&meta),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("inspecting {}", procs.display())),
+        };
+        if uid != 0 && uid != owner.as_raw() {
+            bail!(
+                "cgroup {} is delegated to uid {uid}, who could move the command out of its \
+                 limits or kill it; start throttle from a cgroup that user does not control",
+                dir.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The cgroup a dead run's lock file names, if it can be one of throttle's
+/// runs: a plain absolute path strictly below the cgroup2 mount, whose last
+/// component is the run's name, and neither the mount nor the directory
+/// that gathers runs. Anything else is refused, so that no record, however
+/// it came to be written, makes the sweep kill what is not a run.
+pub fn recorded_run(mount: &Path, recorded: &str, name: &str) -> Result<PathBuf> {
+    let path = Path::new(recorded);
+    let plain = path.is_absolute()
+        && path
+            .components()
+            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
+        && path.as_os_str() == path.components().collect::<PathBuf>().as_os_str();
+    if !plain {
+        bail!("not a plain absolute path");
+    }
+    let below = path
+        .strip_prefix(mount)
+        .ok()
+        .filter(|rel| rel.components().next().is_some())
+        .with_context(|| format!("not below the cgroup2 mount {}", mount.display()))?;
+    if below == Path::new(RUNS_DIR) {
+        bail!("the directory that gathers runs, not a run");
+    }
+    if path.file_name() != Some(std::ffi::OsStr::new(name)) {
+        bail!("not a cgroup named after the run '{name}'");
+    }
+    Ok(path.to_path_buf())
 }
 
 /// A run's cgroup, removed with everything in it when dropped.
@@ -310,6 +367,33 @@ mod tests {
         );
         assert_eq!(unescape("a\\134b"), "a\\b");
         assert_eq!(unescape("trailing\\"), "trailing\\");
+    }
+
+    #[test]
+    fn only_records_that_can_name_a_run_are_believed() {
+        let mount = Path::new("/sys/fs/cgroup/unified");
+        let ok = |recorded: &str, name: &str| recorded_run(mount, recorded, name);
+        assert_eq!(
+            ok("/sys/fs/cgroup/unified/throttle/wget-1", "wget-1").unwrap(),
+            mount.join("throttle/wget-1")
+        );
+        assert!(ok("/sys/fs/cgroup/unified/system.slice/ci.service/job", "job").is_ok());
+        for (recorded, name) in [
+            ("/sys/fs/cgroup/unified", "unified"),
+            ("/sys/fs/cgroup/unified/", "unified"),
+            ("/sys/fs/cgroup/unified/throttle", "throttle"),
+            ("/sys/fs/cgroup/unified/victim", "evil"),
+            ("/sys/fs/cgroup/unified/throttle/../victim", "victim"),
+            ("/sys/fs/cgroup/unified/./victim", "victim"),
+            ("/sys/fs/cgroup/unified//victim", "victim"),
+            ("/sys/fs/cgroup/unified/throttle/x/", "x"),
+            ("/sys/fs/cgroup/unifiedx/victim", "victim"),
+            ("/etc/victim", "victim"),
+            ("sys/fs/cgroup/unified/victim", "victim"),
+            ("", "x"),
+        ] {
+            assert!(ok(recorded, name).is_err(), "{recorded:?} was believed");
+        }
     }
 
     #[test]

@@ -2,8 +2,7 @@
 //! control sockets.
 
 use std::{
-    fs,
-    io::{BufRead as _, BufReader, IsTerminal as _, Write as _},
+    io::{IsTerminal as _, Read as _, Write as _},
     os::unix::net::UnixStream,
     path::{Path, PathBuf},
     process::ExitCode,
@@ -13,13 +12,22 @@ use std::{
 
 use serde_json::{Value, json};
 
-use crate::{control::PROTOCOL_VERSION, runs, stats};
+use crate::{
+    control::PROTOCOL_VERSION,
+    rundir::{self, RunDir, SOCKET_SUFFIX},
+    runs, stats,
+};
 
 /// Distinct exit statuses, so scripts can tell what went wrong.
 pub const EXIT_NO_SUCH_RUN: u8 = 3;
 pub const EXIT_PERMISSION: u8 = 4;
 pub const EXIT_RUN_GONE: u8 = 5;
 pub const EXIT_REFUSED: u8 = 6;
+
+/// Longest reply line read; a run's longest is its info, with its command.
+const MAX_REPLY: usize = 1 << 20;
+/// How long a whole reply may take to arrive.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A failure with its exit status.
 pub struct Failure {
@@ -36,60 +44,64 @@ fn fail<T>(code: u8, message: String) -> Outcome<T> {
 /// A connection to one run's socket.
 struct Run {
     socket: PathBuf,
-    reader: BufReader<UnixStream>,
-    writer: UnixStream,
+    stream: UnixStream,
+    /// Bytes read past the last reply line.
+    pending: Vec<u8>,
 }
 
 impl Run {
-    fn connect(socket: &Path) -> Outcome<Run> {
-        let stream = UnixStream::connect(socket).or_else(|e| match e.kind() {
-            std::io::ErrorKind::PermissionDenied => fail(
-                EXIT_PERMISSION,
-                format!(
-                    "permission denied on {}: the run belongs to another user",
-                    socket.display()
+    /// Connects to run `name`'s socket in `dir`, which refuses anything but
+    /// a socket served by the uid whose runs live there.
+    fn connect(dir: &RunDir, name: &str) -> Outcome<Run> {
+        let file = runs::socket_file(name);
+        let socket = dir.path().join(&file);
+        let stream = dir.connect(&file).or_else(|e| {
+            // A message of our own (the peer check) says more than the errno.
+            let said = e.get_ref().map(ToString::to_string);
+            match e.kind() {
+                std::io::ErrorKind::PermissionDenied => fail(
+                    EXIT_PERMISSION,
+                    said.unwrap_or_else(|| {
+                        format!(
+                            "permission denied on {}: the run belongs to another user",
+                            socket.display()
+                        )
+                    }),
                 ),
-            ),
-            std::io::ErrorKind::NotFound => {
-                fail(EXIT_NO_SUCH_RUN, format!("no run at {}", socket.display()))
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::InvalidData => fail(
+                    EXIT_NO_SUCH_RUN,
+                    said.unwrap_or_else(|| format!("no run at {}", socket.display())),
+                ),
+                _ => fail(
+                    EXIT_RUN_GONE,
+                    format!(
+                        "the run at {} is not answering ({e}); it has ended",
+                        socket.display()
+                    ),
+                ),
             }
-            _ => fail(
-                EXIT_RUN_GONE,
-                format!(
-                    "the run at {} is not answering ({e}); it has ended",
-                    socket.display()
-                ),
-            ),
-        })?;
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-        let writer = stream.try_clone().map_err(|e| Failure {
-            code: EXIT_RUN_GONE,
-            message: e.to_string(),
         })?;
         Ok(Run {
-            socket: socket.to_path_buf(),
-            reader: BufReader::new(stream),
-            writer,
+            socket,
+            stream,
+            pending: Vec::new(),
         })
     }
 
     fn request(&mut self, mut request: Value) -> Outcome<Value> {
         request["version"] = json!(PROTOCOL_VERSION);
-        let gone = |e: std::io::Error| Failure {
-            code: EXIT_RUN_GONE,
-            message: format!("the run at {} went away: {e}", self.socket.display()),
-        };
-        writeln!(self.writer, "{request}").map_err(gone)?;
-        let mut line = String::new();
-        if self.reader.read_line(&mut line).map_err(gone)? == 0 {
+        let mut line = request.to_string();
+        line.push('\n');
+        if let Err(e) = self.stream.write_all(line.as_bytes()) {
             return fail(
                 EXIT_RUN_GONE,
-                format!("the run at {} closed the connection", self.socket.display()),
+                format!("the run at {} went away: {e}", self.socket.display()),
             );
         }
-        let reply: Value = serde_json::from_str(&line).map_err(|e| Failure {
+        let line = self.reply_line()?;
+        let reply: Value = serde_json::from_slice(&line).map_err(|e| Failure {
             code: EXIT_REFUSED,
-            message: format!("unreadable reply: {e}"),
+            message: format!("unreadable reply from {}: {e}", self.socket.display()),
         })?;
         if reply["ok"] != json!(true) {
             let error = reply["error"]
@@ -105,20 +117,62 @@ impl Run {
         }
         Ok(reply)
     }
+
+    /// One reply line, at most [`MAX_REPLY`] bytes within [`REPLY_TIMEOUT`],
+    /// however the server dribbles it.
+    fn reply_line(&mut self) -> Outcome<Vec<u8>> {
+        let deadline = Instant::now() + REPLY_TIMEOUT;
+        let gone = |what: String| Failure {
+            code: EXIT_RUN_GONE,
+            message: format!("the run at {} {what}", self.socket.display()),
+        };
+        let mut chunk = [0u8; 8192];
+        loop {
+            if let Some(end) = self.pending.iter().position(|b| *b == b'\n') {
+                return Ok(self.pending.drain(..=end).collect());
+            }
+            if self.pending.len() > MAX_REPLY {
+                return fail(
+                    EXIT_REFUSED,
+                    format!(
+                        "the run at {} sent a reply longer than {MAX_REPLY} bytes",
+                        self.socket.display()
+                    ),
+                );
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(gone(format!("sent no reply within {REPLY_TIMEOUT:?}")));
+            }
+            let _ = self.stream.set_read_timeout(Some(left));
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return Err(gone("closed the connection".into())),
+                Ok(n) => self.pending.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(gone(format!("went away: {e}"))),
+            }
+        }
+    }
 }
 
-/// Every run's socket the caller may see.
-fn sockets() -> Vec<PathBuf> {
-    let mut all: Vec<PathBuf> = runs::visible_dirs()
-        .iter()
-        .filter_map(|dir| fs::read_dir(dir).ok())
-        .flatten()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "sock"))
-        .collect();
-    all.sort();
-    all
+/// Every run the caller may see: its directory and its name.
+fn visible_runs() -> Vec<(RunDir, String)> {
+    let mut runs = Vec::new();
+    for dir in rundir::visible() {
+        let names = match dir.names(SOCKET_SUFFIX) {
+            Ok(names) => names,
+            Err(e) => {
+                eprintln!("throttle: warning: {e:#}");
+                continue;
+            }
+        };
+        for name in names {
+            if let Ok(dir) = dir.try_clone() {
+                runs.push((dir, name));
+            }
+        }
+    }
+    runs
 }
 
 /// Finds the run named NAME, or whose wrapper has pid PID; with
@@ -126,7 +180,14 @@ fn sockets() -> Vec<PathBuf> {
 fn find(target: Option<&str>) -> Outcome<Run> {
     let Some(target) = target else {
         return match std::env::var_os("THROTTLE_SOCKET") {
-            Some(socket) => Run::connect(Path::new(&socket)),
+            Some(socket) => {
+                let (dir, file) = RunDir::of_socket(Path::new(&socket)).map_err(|e| Failure {
+                    code: EXIT_NO_SUCH_RUN,
+                    message: format!("THROTTLE_SOCKET: {e:#}"),
+                })?;
+                let name = file.strip_suffix(SOCKET_SUFFIX).unwrap_or(&file);
+                Run::connect(&dir, name)
+            }
             None => fail(
                 EXIT_NO_SUCH_RUN,
                 "name a run (NAME or PID), or run this inside a throttled command".into(),
@@ -134,15 +195,11 @@ fn find(target: Option<&str>) -> Outcome<Run> {
         };
     };
     let pid: Option<u32> = target.parse().ok();
-    for socket in sockets() {
-        let name = socket
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
+    for (dir, name) in visible_runs() {
         if pid.is_none() && name != target {
             continue;
         }
-        let mut run = match Run::connect(&socket) {
+        let mut run = match Run::connect(&dir, &name) {
             Ok(run) => run,
             Err(_) if pid.is_some() => continue,
             Err(e) => return Err(e),
@@ -159,11 +216,25 @@ fn find(target: Option<&str>) -> Outcome<Run> {
     )
 }
 
+/// `text` with control characters (and the invisible ones that reorder a
+/// line) escaped, so nothing a run sent can drive the terminal.
+pub fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 pub fn finish(outcome: Outcome<()>) -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
-            eprintln!("throttle: {}", failure.message);
+            eprintln!("throttle: {}", printable(&failure.message));
             ExitCode::from(failure.code)
         }
     }
@@ -276,9 +347,9 @@ pub fn stats(target: Option<&str>, watch: Option<Duration>, as_json: bool) -> Ou
 pub fn list(as_json: bool) -> Outcome<()> {
     const SAMPLE: Duration = Duration::from_millis(500);
     let mut runs: Vec<(Run, Value, Value)> = Vec::new();
-    for socket in sockets() {
+    for (dir, name) in visible_runs() {
         // A run that ended or is another user's is simply not listed.
-        let Ok(mut run) = Run::connect(&socket) else {
+        let Ok(mut run) = Run::connect(&dir, &name) else {
             continue;
         };
         let (Ok(info), Ok(first)) = (
@@ -319,7 +390,7 @@ pub fn list(as_json: bool) -> Outcome<()> {
             .collect();
         println!(
             "{:<24} {:>8} {:>13} {:>13} {:>13} {:>13} {:>11} {:>11}  {}",
-            row["name"].as_str().unwrap_or("?"),
+            printable(row["name"].as_str().unwrap_or("?")),
             row["pid"],
             limit_text(&row["limits"]["down"]),
             limit_text(&row["limits"]["up"]),
@@ -327,8 +398,22 @@ pub fn list(as_json: bool) -> Outcome<()> {
             stats::rate(row["up_rate"].as_f64().unwrap_or(0.0)),
             stats::bytes(row["down"]["passed_bytes"].as_u64().unwrap_or(0)),
             stats::bytes(row["up"]["passed_bytes"].as_u64().unwrap_or(0)),
-            command.join(" "),
+            printable(&command.join(" ")),
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nothing_a_run_sends_reaches_the_terminal_raw() {
+        assert_eq!(printable("wget-1"), "wget-1");
+        assert_eq!(printable("a\x1b[2Jb\x07"), "a\\u{1b}[2Jb\\u{7}");
+        assert_eq!(printable("x\u{202e}y\u{9b}"), "x\\u{202e}y\\u{9b}");
+        assert_eq!(printable("tab\there\nnew"), "tab\\there\\nnew");
+        assert_eq!(printable("grüße"), "grüße");
+    }
 }

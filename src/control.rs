@@ -8,16 +8,11 @@
 //! or teardown.
 
 use std::{
-    fs,
     io::{BufRead as _, BufReader, Read as _, Write as _},
     os::{
         fd::{AsFd as _, OwnedFd},
-        unix::{
-            fs::PermissionsExt as _,
-            net::{UnixListener, UnixStream},
-        },
+        unix::net::{UnixListener, UnixStream},
     },
-    path::{Path, PathBuf},
     sync::{
         Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
@@ -31,13 +26,17 @@ use nix::{
     fcntl::OFlag,
     poll::{PollFd, PollFlags, PollTimeout, poll},
     sys::socket::{getsockopt, sockopt::PeerCredentials},
-    unistd::{Gid, Uid, chown, pipe2},
+    unistd::{Gid, Uid, pipe2},
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
-use throttle_common::{DOWN, Limit, UP, policer::default_burst, units::parse_size};
+use throttle_common::{
+    DOWN, Limit, UP,
+    policer::{MAX_RATE, default_burst},
+    units::{MAX_SIZE, UnitError, parse_size},
+};
 
-use crate::{bpf::Programs, stats};
+use crate::{bpf::Programs, rundir::RunDir, runs, stats};
 
 pub const PROTOCOL_VERSION: u64 = 1;
 /// Longest request line accepted; longer ones get an error and the connection closes.
@@ -89,7 +88,8 @@ impl Limits {
 
 /// The serving socket; dropping it stops serving and removes the file.
 pub struct Server {
-    path: PathBuf,
+    dir: RunDir,
+    file: String,
     /// Closing it stops the accept loop at once (its poll sees the hang-up),
     /// so teardown never waits out a poll timeout.
     wake: Option<OwnedFd>,
@@ -97,27 +97,24 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds `path` (mode 0600, owned by `owner`) and serves `state` on it.
-    pub fn start(path: &Path, owner: (Uid, Gid), state: Arc<RunState>) -> Result<Server> {
-        match fs::remove_file(path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(e).with_context(|| format!("removing stale socket {}", path.display()));
-            }
-        }
-        let listener = UnixListener::bind(path)
-            .with_context(|| format!("binding control socket {}", path.display()))?;
+    /// Serves `state` on the socket of run `name` in `dir` (mode 0600,
+    /// owned by `owner`), replacing a stale one.
+    pub fn start(
+        dir: &RunDir,
+        name: &str,
+        owner: (Uid, Gid),
+        state: Arc<RunState>,
+    ) -> Result<Server> {
+        let file = runs::socket_file(name);
+        dir.remove(&file)?;
+        let listener: UnixListener = dir.bind(&file, owner)?;
         let (woken, wake) = pipe2(OFlag::O_CLOEXEC).context("creating a pipe")?;
         let mut server = Server {
-            path: path.to_path_buf(),
+            dir: dir.try_clone()?,
+            file,
             wake: Some(wake),
             thread: None,
         };
-        fs::set_permissions(path, fs::Permissions::from_mode(0o600))
-            .with_context(|| format!("setting the mode of {}", path.display()))?;
-        chown(path, Some(owner.0), Some(owner.1))
-            .with_context(|| format!("handing {} to uid {}", path.display(), owner.0))?;
         let thread = thread::Builder::new()
             .name("control".into())
             .spawn(move || accept_loop(&listener, &woken, owner.0, &state))
@@ -133,10 +130,8 @@ impl Drop for Server {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
-        if let Err(e) = fs::remove_file(&self.path)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            eprintln!("throttle: removing {}: {e}", self.path.display());
+        if let Err(e) = self.dir.remove(&self.file) {
+            eprintln!("throttle: {e:#}");
         }
     }
 }
@@ -286,19 +281,21 @@ fn stats(state: &RunState) -> Result<Value> {
     }))
 }
 
-/// An amount in a request: a positive number, or a string that `parse`
-/// reads (the RATE grammar with "unlimited", or a SIZE).
+/// An amount in a request: a positive number up to `max`, or a string that
+/// `parse` reads (the RATE grammar with "unlimited", or a SIZE), which holds
+/// the same bound.
 fn amount(
     value: &Value,
     what: &str,
     parse: fn(&str) -> Result<u64, String>,
-    expected: &str,
+    (expected, max): (&str, u64),
 ) -> Result<u64> {
     match value {
-        Value::Number(n) => n
-            .as_u64()
-            .filter(|n| *n > 0)
-            .with_context(|| format!("{what}: {n} is not a positive integer")),
+        Value::Number(n) => match n.as_u64().filter(|n| *n > 0) {
+            Some(n) if n > max => bail!("{what}: {}", UnitError::TooLarge { max }),
+            Some(n) => Ok(n),
+            None => bail!("{what}: {n} is not a positive integer"),
+        },
         Value::String(s) => parse(s).map_err(|e| anyhow!("{what}: {e}")),
         other => bail!("{what}: expected {expected}, got {other}"),
     }
@@ -308,7 +305,11 @@ fn size(text: &str) -> Result<u64, String> {
     parse_size(text).map_err(|e| e.to_string())
 }
 
-const RATE_EXPECTED: &str = "a rate string, a number of bytes/s or \"unlimited\"";
+const RATE: (&str, u64) = (
+    "a rate string, a number of bytes/s or \"unlimited\"",
+    MAX_RATE,
+);
+const SIZE: (&str, u64) = ("a size string or a number of bytes", MAX_SIZE);
 
 fn set(state: &RunState, request: &Request) -> Result<Value> {
     if request.down.is_none() && request.up.is_none() && request.burst.is_none() {
@@ -318,18 +319,13 @@ fn set(state: &RunState, request: &Request) -> Result<Value> {
     let mut current = state.limits.lock().unwrap_or_else(|p| p.into_inner());
     let mut limits = *current;
     if let Some(v) = &request.down {
-        limits.rates[DOWN as usize] = amount(v, "down", crate::cli::limit, RATE_EXPECTED)?;
+        limits.rates[DOWN as usize] = amount(v, "down", crate::cli::limit, RATE)?;
     }
     if let Some(v) = &request.up {
-        limits.rates[UP as usize] = amount(v, "up", crate::cli::limit, RATE_EXPECTED)?;
+        limits.rates[UP as usize] = amount(v, "up", crate::cli::limit, RATE)?;
     }
     if let Some(v) = &request.burst {
-        limits.burst = Some(amount(
-            v,
-            "burst",
-            size,
-            "a size string or a number of bytes",
-        )?);
+        limits.burst = Some(amount(v, "burst", size, SIZE)?);
     }
     {
         let mut programs = state.programs.lock().unwrap_or_else(|p| p.into_inner());
@@ -339,4 +335,28 @@ fn set(state: &RunState, request: &Request) -> Result<Value> {
     }
     *current = limits;
     Ok(json!({"limits": limits.json()}))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn numbers_in_requests_hold_the_grammars_bounds() {
+        let rate = |v: Value| amount(&v, "down", crate::cli::limit, RATE);
+        assert_eq!(rate(json!(MAX_RATE)).unwrap(), MAX_RATE);
+        assert_eq!(rate(json!("16G")).unwrap(), MAX_RATE);
+        for too_big in [json!(MAX_RATE + 1), json!(u64::MAX)] {
+            let error = rate(too_big).unwrap_err().to_string();
+            assert!(error.contains("larger than the maximum"), "{error}");
+        }
+        for refused in [json!(0), json!(-1), json!(1.5), json!(true)] {
+            assert!(rate(refused.clone()).is_err(), "{refused}");
+        }
+        let burst = |v: Value| amount(&v, "burst", size, SIZE);
+        assert_eq!(burst(json!(MAX_SIZE)).unwrap(), MAX_SIZE);
+        assert!(burst(json!(u64::MAX)).is_err());
+    }
 }

@@ -10,7 +10,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use throttle_common::Limit;
 
-use crate::{bpf, cgroup, privileges, runs};
+use crate::{bpf, cgroup, privileges, rundir, runs};
 
 struct Report {
     failures: usize,
@@ -60,7 +60,7 @@ pub fn run() -> Result<ExitCode> {
     }
     report.check(
         "runtime directory",
-        Ok(runs::runtime_dir().display().to_string()),
+        rundir::RunDir::for_runs_of(rundir::owner()).map(|dir| dir.path().display().to_string()),
     );
     if report.failures == 0 {
         println!("throttle is ready to run");
@@ -121,14 +121,23 @@ fn load_and_attach(mount: &Path) -> Result<String> {
 }
 
 fn stale_runs() -> Result<String> {
-    let stale = runs::stale(&runs::visible_dirs())?;
-    if stale.is_empty() {
+    let stale = runs::stale(&rundir::sweepable());
+    if let Some(warning) = stale.warnings.first() {
+        bail!(
+            "{warning}{}",
+            match stale.warnings.len() {
+                1 => String::new(),
+                n => format!(" (and {} more)", n - 1),
+            }
+        );
+    }
+    if stale.removed.is_empty() {
         Ok("none".into())
     } else {
         bail!(
             "{} dead run(s) left files behind ({}); remove them with 'throttle cleanup'",
-            stale.len(),
-            stale.join(", ")
+            stale.removed.len(),
+            stale.removed.join(", ")
         )
     }
 }

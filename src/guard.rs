@@ -15,7 +15,7 @@
 use std::{
     fs::File,
     io::{Read as _, Write as _},
-    os::fd::{AsRawFd as _, OwnedFd},
+    os::fd::{AsRawFd as _, BorrowedFd, OwnedFd},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -29,7 +29,7 @@ use nix::{
     unistd::{ForkResult, Pid, fork, pipe, setsid},
 };
 
-use crate::{cgroup, runs};
+use crate::{cgroup, rundir::RunDir, runs};
 
 const DONE: u8 = b'd';
 const KILL_WAIT: Duration = Duration::from_secs(5);
@@ -43,17 +43,18 @@ pub struct Guard {
 
 /// What the watchdog removes if the wrapper dies.
 pub struct Cleanup {
-    pub cgroup: PathBuf,
-    pub runtime_dir: PathBuf,
-    pub name: String,
+    cgroup: PathBuf,
+    runtime_dir: RunDir,
+    name: String,
 }
 
 impl Guard {
     /// Forks the watchdog. Must be called while the process has one thread:
     /// the child runs ordinary Rust code after fork.
     ///
-    /// `keep` are fds the watchdog holds on to (the run's lock).
-    pub fn start(cleanup: Cleanup, keep: &[i32]) -> Result<Guard> {
+    /// `lock` is the run's lock, which the watchdog holds on to.
+    pub fn start(cleanup: Cleanup, lock: BorrowedFd<'_>) -> Result<Guard> {
+        let keep = [lock.as_raw_fd(), cleanup.runtime_dir.fd().as_raw_fd()];
         let (read, write) = pipe().context("creating the watchdog pipe")?;
         // SAFETY: the wrapper is single-threaded here (see above), so the
         // child may allocate and use std freely.
@@ -67,7 +68,7 @@ impl Guard {
             }
             ForkResult::Child => {
                 drop(write);
-                watch(read, &cleanup, keep)
+                watch(read, &cleanup, &keep)
             }
         }
     }
@@ -157,11 +158,11 @@ fn close_other_fds(pipe: i32, keep: &[i32]) {
 }
 
 impl Cleanup {
-    pub fn new(cgroup: &Path, runtime_dir: &Path, name: &str) -> Cleanup {
-        Cleanup {
+    pub fn new(cgroup: &Path, runtime_dir: &RunDir, name: &str) -> Result<Cleanup> {
+        Ok(Cleanup {
             cgroup: cgroup.to_path_buf(),
-            runtime_dir: runtime_dir.to_path_buf(),
+            runtime_dir: runtime_dir.try_clone()?,
             name: name.to_string(),
-        }
+        })
     }
 }

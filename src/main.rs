@@ -9,6 +9,7 @@ mod control;
 mod doctor;
 mod guard;
 mod privileges;
+mod rundir;
 mod runs;
 mod spawn;
 mod stats;
@@ -29,6 +30,7 @@ use throttle_common::{DOWN, UP};
 use crate::{
     cli::{Action, Cli, RunArgs, SummaryFormat},
     guard::{Cleanup, Guard},
+    rundir::RunDir,
     runs::Registration,
     supervisor::{Forwarding, Leftovers},
 };
@@ -107,9 +109,6 @@ fn usage_error(error: &clap::Error) -> ExitCode {
 }
 
 fn run(args: RunArgs) -> Result<i32> {
-    // First, so a signal during set-up waits for the command instead of
-    // killing the wrapper between creating the cgroup and starting it.
-    let forwarding = Forwarding::install()?;
     privileges::check()?;
     let mount = cgroup::find_mount()?;
     let parent = cgroup::runs_parent(&mount)?;
@@ -117,18 +116,24 @@ fn run(args: RunArgs) -> Result<i32> {
         .name
         .clone()
         .unwrap_or_else(|| default_name(&args.command[0]));
-    let owner = runs::owner();
-    let runtime_dir = runs::runtime_dir_of(owner.0);
-    if let Err(e) = runs::sweep(&runs::visible_dirs(), &mount) {
-        eprintln!("throttle: warning: cleaning up after earlier runs: {e:#}");
+    let owner = rundir::owner();
+    cgroup::check_delegation(&mount, &parent, owner.0)?;
+    let runtime_dir = RunDir::for_runs_of(owner)?;
+    for warning in runs::sweep(&rundir::sweepable(), &mount).warnings {
+        eprintln!("throttle: warning: cleaning up after earlier runs: {warning}");
     }
 
     let cgroup_path = parent.join(&name);
     let registration = Registration::claim(&runtime_dir, &name, &cgroup_path)?;
     let guard = Guard::start(
-        Cleanup::new(&cgroup_path, &runtime_dir, &name),
-        &[registration.lock_fd()],
+        Cleanup::new(&cgroup_path, &runtime_dir, &name)?,
+        registration.lock_fd(),
     )?;
+    // From here until the command runs, forwarded signals are held and
+    // passed on to it, so none kills the wrapper between creating the
+    // cgroup and starting the command in it. Before, they act as usual and
+    // a `timeout` can stop a set-up that hangs.
+    let forwarding = Forwarding::install()?;
     let cgroup = cgroup::RunCgroup::create(&cgroup_path)?;
     let limits = control::Limits {
         rates: [args.down.unwrap_or(0), args.up.unwrap_or(0)],
@@ -151,8 +156,8 @@ fn run(args: RunArgs) -> Result<i32> {
         limits: Mutex::new(limits),
         programs: Mutex::new(Some(programs)),
     });
-    let socket = runs::socket_path(&runtime_dir, &name);
-    let server = control::Server::start(&socket, owner, Arc::clone(&state))?;
+    let server = control::Server::start(&runtime_dir, &name, owner, Arc::clone(&state))?;
+    let socket = runtime_dir.path().join(runs::socket_file(&name));
 
     let env = [
         ("THROTTLE_NAME", OsStr::new(&name)),
@@ -208,18 +213,25 @@ fn default_name(command: &OsStr) -> String {
     format!("{base}-{}", std::process::id())
 }
 
+/// `throttle cleanup`: fails when something could not be cleaned up.
 fn cleanup() -> Result<ExitCode> {
     privileges::check()?;
     let mount = cgroup::find_mount()?;
-    let swept =
-        runs::sweep(&runs::visible_dirs(), &mount).context("cleaning up after dead runs")?;
-    if swept.is_empty() {
+    let sweep = runs::sweep(&rundir::sweepable(), &mount);
+    if sweep.removed.is_empty() && sweep.warnings.is_empty() {
         println!("nothing to clean up");
     }
-    for name in swept {
+    for name in &sweep.removed {
         println!("removed dead run {name}");
     }
-    Ok(ExitCode::SUCCESS)
+    for warning in &sweep.warnings {
+        eprintln!("throttle: warning: {warning}");
+    }
+    Ok(if sweep.warnings.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAILURE)
+    })
 }
 
 #[cfg(test)]

@@ -106,3 +106,94 @@ pub fn assert_clean(name: &str) {
 pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
+
+/// A real local user, created for one test and deleted after it.
+pub struct TestUser {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl TestUser {
+    /// `role` tells a test's users apart: "a", "b", "own".
+    pub fn create(role: &str) -> TestUser {
+        let name = format!("thr{role}{}", std::process::id() % 100_000);
+        let add = || {
+            Command::new("useradd")
+                .args([
+                    "--system",
+                    "--no-create-home",
+                    "--shell",
+                    "/usr/sbin/nologin",
+                    &name,
+                ])
+                .status()
+                .unwrap()
+                .success()
+        };
+        // One left by a test that was killed takes the name: replace it.
+        if !add() {
+            let _ = Command::new("userdel").arg(&name).status();
+            assert!(add(), "useradd {name} failed");
+        }
+        let user = nix::unistd::User::from_name(&name)
+            .unwrap()
+            .expect("the new user has no passwd entry");
+        TestUser {
+            name,
+            uid: user.uid.as_raw(),
+            gid: user.gid.as_raw(),
+        }
+    }
+
+    /// `sh -c script` as this user, with its own group and no other.
+    pub fn sh(&self, script: &str) -> Command {
+        let mut cmd = Command::new("setpriv");
+        cmd.args([
+            "--reuid",
+            &self.name,
+            "--regid",
+            &self.name,
+            "--clear-groups",
+        ])
+        .args(["sh", "-c", script]);
+        cmd
+    }
+}
+
+impl Drop for TestUser {
+    fn drop(&mut self) {
+        let _ = Command::new("userdel").arg(&self.name).status();
+    }
+}
+
+/// A run (or a test user's process) a test started, ended with SIGTERM
+/// (then SIGKILL) if the test fails before it does, so one failure does not
+/// leave a run or a user's process for the next test to trip over.
+pub struct RunGuard(pub Option<std::process::Child>);
+
+impl RunGuard {
+    /// Ends the process with SIGTERM and waits for it.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let mut child = self.0.take().unwrap();
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        child.wait().unwrap()
+    }
+}
+
+impl Drop for RunGuard {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            thread::sleep(Duration::from_millis(500));
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

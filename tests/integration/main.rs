@@ -9,3 +9,4 @@ mod lifecycle;
 #[path = "../../xtask/src/netlab.rs"]
 mod netlab;
 mod rates;
+mod security;

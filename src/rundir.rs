@@ -1,0 +1,582 @@
+//! Runtime directories: where runs keep their lock files and control
+//! sockets, and the one way throttle reaches into them.
+//!
+//! A privileged throttle must not be turned against the machine through a
+//! path another user can write (README, "Threat model"). So a directory is
+//! reached from `/` one component at a time with O_NOFOLLOW, every step
+//! owned by root or by the directory's expected owner and writable by nobody
+//! else unless sticky (the checks systemd-tmpfiles and sudo make on their
+//! paths), and is then held open: every file in it is created, opened,
+//! inspected, bound, connected to and removed relative to that descriptor,
+//! never through a path that could be swapped in between.
+
+use std::{
+    ffi::OsStr,
+    fs::File,
+    io,
+    os::{
+        fd::{AsFd, AsRawFd as _, BorrowedFd, OwnedFd},
+        unix::{
+            ffi::OsStrExt as _,
+            net::{UnixListener, UnixStream},
+        },
+    },
+    path::{Component, Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use nix::{
+    dir::Dir,
+    errno::Errno,
+    fcntl::{AtFlags, OFlag, openat},
+    sys::{
+        socket::{
+            AddressFamily, Backlog, SockFlag, SockType, UnixAddr, bind, getsockopt, listen, socket,
+            sockopt::PeerCredentials,
+        },
+        stat::{FileStat, Mode, SFlag, fchmod, fstat, fstatat, mkdirat},
+    },
+    unistd::{Gid, Uid, UnlinkatFlags, fchown, fchownat, unlinkat},
+};
+
+use crate::cli;
+
+/// Root's runs; the runs of users who started throttle with sudo live in
+/// `user-UID` directories below it.
+pub const ROOT_DIR: &str = "/run/throttle";
+const USER_DIR_PREFIX: &str = "user-";
+pub const LOCK_SUFFIX: &str = ".lock";
+pub const SOCKET_SUFFIX: &str = ".sock";
+
+/// Who a run belongs to: the user who typed the command, which under sudo
+/// is SUDO_UID rather than root, so they can manage the run without sudo.
+pub fn owner() -> (Uid, Gid) {
+    let from_env = |var: &str| std::env::var(var).ok().and_then(|v| v.parse::<u32>().ok());
+    if Uid::effective().is_root()
+        && let Some(uid) = from_env("SUDO_UID").filter(|uid| *uid != 0)
+    {
+        return (
+            Uid::from_raw(uid),
+            Gid::from_raw(from_env("SUDO_GID").unwrap_or(uid)),
+        );
+    }
+    (Uid::effective(), Gid::effective())
+}
+
+/// Who may write a runtime directory, which decides what is trusted in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Keeper {
+    /// Root alone: /run/throttle and the sudo runs' directories below it.
+    Root,
+    /// One user, in their own 0700 directory.
+    User(Uid),
+}
+
+impl Keeper {
+    /// The uid of the wrappers that write records and serve sockets here.
+    fn uid(self) -> Uid {
+        match self {
+            Keeper::Root => Uid::from_raw(0),
+            Keeper::User(uid) => uid,
+        }
+    }
+}
+
+/// An open, verified runtime directory.
+pub struct RunDir {
+    path: PathBuf,
+    fd: OwnedFd,
+    keeper: Keeper,
+}
+
+impl RunDir {
+    /// The directory a new run of `owner` registers in, created if missing:
+    /// as root, /run/throttle (root 0711) or, under sudo, its `user-UID`
+    /// (root:GID 0750, so only that user may list it and nobody but root may
+    /// write it); otherwise the user's own runtime directory (0700).
+    pub fn for_runs_of(owner: (Uid, Gid)) -> Result<RunDir> {
+        if Uid::effective().is_root() {
+            let root = root_dir_child(Path::new("/run"), "throttle", 0o711, Gid::from_raw(0))?;
+            if owner.0.is_root() {
+                return Ok(root);
+            }
+            return root_dir_child(
+                &root.path,
+                &format!("{USER_DIR_PREFIX}{}", owner.0),
+                0o750,
+                owner.1,
+            );
+        }
+        let path = user_dir(owner.0);
+        let (parent, name) = split(&path)?;
+        let parent = walk(parent, owner.0)?;
+        make_dir(&parent, name, 0o700, &path)?;
+        RunDir::open(&path, Keeper::User(owner.0))?
+            .with_context(|| format!("{} vanished as it was created", path.display()))
+    }
+
+    /// Opens an existing directory kept by `keeper`; None if it does not exist.
+    fn open(path: &Path, keeper: Keeper) -> Result<Option<RunDir>> {
+        let fd = match walk(path, keeper.uid()) {
+            Ok(fd) => fd,
+            Err(e) if e.downcast_ref::<Errno>() == Some(&Errno::ENOENT) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let dir = RunDir {
+            path: path.to_path_buf(),
+            fd,
+            keeper,
+        };
+        dir.verify()?;
+        Ok(Some(dir))
+    }
+
+    /// The directory holding the socket at `socket` (THROTTLE_SOCKET), kept
+    /// by whoever owns it, and the socket's file name.
+    pub fn of_socket(socket: &Path) -> Result<(RunDir, String)> {
+        let (parent, file) = split(socket)?;
+        let file = file
+            .to_str()
+            .filter(|f| f.strip_suffix(SOCKET_SUFFIX).is_some_and(valid_name))
+            .with_context(|| format!("{} is not a run's control socket", socket.display()))?;
+        // The owner read here only says which checks to make; the walk
+        // and verify() re-check it on the descriptor.
+        let uid = std::fs::symlink_metadata(parent)
+            .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+            .with_context(|| format!("inspecting {}", parent.display()))?;
+        let keeper = if uid == 0 {
+            Keeper::Root
+        } else {
+            Keeper::User(Uid::from_raw(uid))
+        };
+        let dir = RunDir::open(parent, keeper)?
+            .with_context(|| format!("{} does not exist", parent.display()))?;
+        Ok((dir, file.to_string()))
+    }
+
+    fn verify(&self) -> Result<()> {
+        let stat =
+            fstat(&self.fd).with_context(|| format!("inspecting {}", self.path.display()))?;
+        let (uid, mode) = (stat.st_uid, stat.st_mode & 0o7777);
+        let open_to = match self.keeper {
+            Keeper::Root => 0o022,
+            Keeper::User(_) => 0o077,
+        };
+        if uid != self.keeper.uid().as_raw() {
+            bail!(
+                "{} belongs to uid {uid}, not uid {}; throttle never adopts a directory: remove it",
+                self.path.display(),
+                self.keeper.uid()
+            );
+        }
+        if mode & open_to != 0 {
+            bail!(
+                "{} is open to other users (mode {mode:04o}); remove it or make it {}",
+                self.path.display(),
+                if open_to == 0o022 { "0755" } else { "0700" }
+            );
+        }
+        Ok(())
+    }
+
+    /// This directory opened for reading.
+    fn reopen(&self) -> Result<OwnedFd> {
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+        openat(&self.fd, ".", flags, Mode::empty())
+            .with_context(|| format!("opening {}", self.path.display()))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    pub fn try_clone(&self) -> Result<RunDir> {
+        Ok(RunDir {
+            path: self.path.clone(),
+            fd: self.fd.try_clone().with_context(|| {
+                format!("duplicating the descriptor of {}", self.path.display())
+            })?,
+            keeper: self.keeper,
+        })
+    }
+
+    /// The uid of the wrappers whose sockets are here (root in root's
+    /// directories, sudo runs included).
+    pub fn server_uid(&self) -> Uid {
+        self.keeper.uid()
+    }
+
+    /// Names of the runs with a `suffix` file here; entries that are not
+    /// run names are not throttle's and are passed over.
+    pub fn names(&self, suffix: &str) -> Result<Vec<String>> {
+        let mut dir = Dir::from_fd(self.reopen()?)
+            .with_context(|| format!("listing {}", self.path.display()))?;
+        let mut names: Vec<String> = dir
+            .iter()
+            .filter_map(|entry| {
+                let entry = entry.ok()?;
+                let name = entry.file_name().to_str().ok()?.strip_suffix(suffix)?;
+                valid_name(name).then(|| name.to_string())
+            })
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// Opens the lock file `file` without following a link or blocking; with
+    /// `create`, creates it (0600) if missing. It must be a regular file with
+    /// one link, written by the uid whose runs live here.
+    pub fn open_lock(&self, file: &str, create: bool) -> Result<File> {
+        let shown = self.path.join(file);
+        let mut flags = OFlag::O_RDWR
+            | OFlag::O_CLOEXEC
+            | OFlag::O_NOFOLLOW
+            | OFlag::O_NONBLOCK
+            | OFlag::O_NOCTTY;
+        // Checked before opening as well as after, so that no FIFO or device
+        // planted under a lock's name is ever opened.
+        match self.stat(file) {
+            Ok(stat) => self.check_lock(&stat, &shown)?,
+            Err(Errno::ENOENT) if create => flags |= OFlag::O_CREAT | OFlag::O_EXCL,
+            Err(e) => return Err(e).with_context(|| format!("inspecting {}", shown.display())),
+        }
+        let fd = openat(&self.fd, file, flags, Mode::from_bits_truncate(0o600))
+            .with_context(|| format!("opening {}", shown.display()))?;
+        let file_handle = File::from(fd);
+        let stat =
+            fstat(&file_handle).with_context(|| format!("inspecting {}", shown.display()))?;
+        self.check_lock(&stat, &shown)?;
+        Ok(file_handle)
+    }
+
+    fn check_lock(&self, stat: &FileStat, shown: &Path) -> Result<()> {
+        if SFlag::from_bits_truncate(stat.st_mode & SFlag::S_IFMT.bits()) != SFlag::S_IFREG {
+            bail!("{} is not a regular file; ignoring it", shown.display());
+        }
+        if stat.st_nlink != 1 {
+            bail!(
+                "{} has {} hard links; ignoring it",
+                shown.display(),
+                stat.st_nlink
+            );
+        }
+        if stat.st_uid != self.server_uid().as_raw() {
+            bail!(
+                "{} belongs to uid {}, not uid {}; ignoring it",
+                shown.display(),
+                stat.st_uid,
+                self.server_uid()
+            );
+        }
+        Ok(())
+    }
+
+    fn stat(&self, file: &str) -> nix::Result<FileStat> {
+        fstatat(&self.fd, file, AtFlags::AT_SYMLINK_NOFOLLOW)
+    }
+
+    /// Whether `file` here is still the file open as `open`.
+    pub fn holds(&self, file: &str, open: &File) -> bool {
+        match (self.stat(file), fstat(open)) {
+            (Ok(a), Ok(b)) => a.st_dev == b.st_dev && a.st_ino == b.st_ino,
+            _ => false,
+        }
+    }
+
+    pub fn contains(&self, file: &str) -> bool {
+        self.stat(file).is_ok()
+    }
+
+    /// Removes the entry `file` (a link is removed, never followed); a
+    /// missing one is fine.
+    pub fn remove(&self, file: &str) -> Result<()> {
+        match unlinkat(&self.fd, file, UnlinkatFlags::NoRemoveDir) {
+            Ok(()) | Err(Errno::ENOENT) => Ok(()),
+            Err(e) => {
+                Err(e).with_context(|| format!("removing {}", self.path.join(file).display()))
+            }
+        }
+    }
+
+    /// `file` reached through this descriptor, for bind and connect, which
+    /// take paths: /proc/self/fd/N/FILE resolves to this very directory.
+    fn through_fd(&self, file: &str) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}/{file}", self.fd.as_raw_fd()))
+    }
+
+    /// Creates the listening socket `file`, mode 0600 from the start and
+    /// owned by `owner`.
+    pub fn bind(&self, file: &str, owner: (Uid, Gid)) -> Result<UnixListener> {
+        let shown = self.path.join(file);
+        let socket = socket(
+            AddressFamily::Unix,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .context("creating a Unix socket")?;
+        // Linux gives the socket file the mode of the socket's inode (less
+        // the umask) at bind, so it never exists with a wider one.
+        fchmod(&socket, Mode::from_bits_truncate(0o600))
+            .context("setting the control socket's mode")?;
+        let address = UnixAddr::new(&self.through_fd(file))
+            .with_context(|| format!("addressing {}", shown.display()))?;
+        bind(socket.as_raw_fd(), &address)
+            .with_context(|| format!("binding control socket {}", shown.display()))?;
+        if owner.0 != Uid::effective() {
+            // Only root hands a socket to another user, and only in a
+            // directory nobody else can write, so the entry cannot have
+            // been swapped since bind.
+            if self.keeper != Keeper::Root || !Uid::effective().is_root() {
+                bail!(
+                    "refusing to hand {} to uid {}: {} is not root's",
+                    shown.display(),
+                    owner.0,
+                    self.path.display()
+                );
+            }
+            fchownat(
+                &self.fd,
+                file,
+                Some(owner.0),
+                Some(owner.1),
+                AtFlags::AT_SYMLINK_NOFOLLOW,
+            )
+            .with_context(|| format!("handing {} to uid {}", shown.display(), owner.0))?;
+        }
+        listen(&socket, Backlog::new(64).unwrap_or(Backlog::MAXCONN))
+            .with_context(|| format!("listening on {}", shown.display()))?;
+        Ok(UnixListener::from(socket))
+    }
+
+    /// Connects to the socket `file`: only a socket, never a link, served
+    /// by the uid whose runs live here; anything else is refused before a
+    /// byte is sent.
+    pub fn connect(&self, file: &str) -> io::Result<UnixStream> {
+        let shown = self.path.join(file);
+        let stat = self.stat(file).map_err(io::Error::from)?;
+        if SFlag::from_bits_truncate(stat.st_mode & SFlag::S_IFMT.bits()) != SFlag::S_IFSOCK {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{} is not a socket", shown.display()),
+            ));
+        }
+        let stream = UnixStream::connect(self.through_fd(file))?;
+        let peer = getsockopt(&stream, PeerCredentials).map_err(io::Error::from)?;
+        if peer.uid() != self.server_uid().as_raw() {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "{} is served by uid {}, not by uid {} whose runs live there; not talking to it",
+                    shown.display(),
+                    peer.uid(),
+                    self.server_uid()
+                ),
+            ));
+        }
+        Ok(stream)
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    cli::run_name(name).is_ok()
+}
+
+fn split(path: &Path) -> Result<(&Path, &OsStr)> {
+    match (path.parent(), path.file_name()) {
+        (Some(parent), Some(name)) => Ok((parent, name)),
+        _ => bail!("{} has no parent directory", path.display()),
+    }
+}
+
+/// A non-root user's runtime directory: $XDG_RUNTIME_DIR/throttle, else
+/// /run/user/UID/throttle, else /tmp/throttle-UID.
+fn user_dir(uid: Uid) -> PathBuf {
+    if uid == Uid::effective()
+        && let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty())
+    {
+        return Path::new(&dir).join("throttle");
+    }
+    let user_run = PathBuf::from(format!("/run/user/{uid}"));
+    if user_run.is_dir() {
+        user_run.join("throttle")
+    } else {
+        PathBuf::from(format!("/tmp/throttle-{uid}"))
+    }
+}
+
+/// Creates (or checks) root's directory `name` in `parent`: owned by root
+/// and `group`, exactly `mode`. An existing one that anybody but root could
+/// have written is refused, never repaired.
+fn root_dir_child(parent: &Path, name: &str, mode: u32, group: Gid) -> Result<RunDir> {
+    let path = parent.join(name);
+    let parent_fd = walk(parent, Uid::from_raw(0))?;
+    make_dir(&parent_fd, OsStr::new(name), mode, &path)?;
+    let dir = RunDir::open(&path, Keeper::Root)?
+        .with_context(|| format!("{} vanished as it was created", path.display()))?;
+    // fchown and fchmod need a descriptor opened for reading, not O_PATH.
+    let readable = dir.reopen()?;
+    let stat = fstat(&readable).with_context(|| format!("inspecting {}", path.display()))?;
+    if stat.st_gid != group.as_raw() {
+        fchown(&readable, None, Some(group))
+            .with_context(|| format!("setting the group of {} to {group}", path.display()))?;
+    }
+    if stat.st_mode & 0o7777 != mode {
+        fchmod(&readable, Mode::from_bits_truncate(mode))
+            .with_context(|| format!("setting the mode of {} to {mode:04o}", path.display()))?;
+    }
+    Ok(dir)
+}
+
+fn make_dir(parent: &OwnedFd, name: &OsStr, mode: u32, shown: &Path) -> Result<()> {
+    match mkdirat(parent, name, Mode::from_bits_truncate(mode)) {
+        Ok(()) | Err(Errno::EEXIST) => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("creating {}", shown.display())),
+    }
+}
+
+/// Opens the directory `path` from `/` one component at a time without
+/// following links. Every component must be owned by root or `owner`, and
+/// one that others may write must be sticky (as /tmp is), so nobody else can
+/// have put or swapped anything on the way.
+fn walk(path: &Path, owner: Uid) -> Result<OwnedFd> {
+    let mut components = path.components();
+    if components.next() != Some(Component::RootDir) {
+        bail!("{} is not an absolute path", path.display());
+    }
+    // O_PATH needs only search permission, as for a user passing through
+    // /run/throttle (0711); listing reopens the directory for reading.
+    let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW;
+    let mut reached = PathBuf::from("/");
+    let mut fd = nix::fcntl::open("/", flags, Mode::empty()).context("opening /")?;
+    check_step(&fd, &reached, owner)?;
+    for component in components {
+        let Component::Normal(part) = component else {
+            bail!("{} has '.' or '..' in it", path.display());
+        };
+        reached.push(part);
+        fd = match openat(&fd, part, flags, Mode::empty()) {
+            Ok(next) => next,
+            Err(Errno::ELOOP | Errno::ENOTDIR) => {
+                let what = match fstatat(&fd, part, AtFlags::AT_SYMLINK_NOFOLLOW) {
+                    Ok(s) if s.st_mode & SFlag::S_IFMT.bits() == SFlag::S_IFLNK.bits() => {
+                        "a symbolic link"
+                    }
+                    _ => "not a directory",
+                };
+                bail!(
+                    "{} is {what}; throttle does not follow links in its paths: remove it",
+                    reached.display()
+                );
+            }
+            Err(e) => {
+                return Err(anyhow!(e).context(format!("opening {}", reached.display())));
+            }
+        };
+        check_step(&fd, &reached, owner)?;
+    }
+    Ok(fd)
+}
+
+fn check_step(fd: &OwnedFd, path: &Path, owner: Uid) -> Result<()> {
+    let stat = fstat(fd).with_context(|| format!("inspecting {}", path.display()))?;
+    if stat.st_uid != 0 && stat.st_uid != owner.as_raw() {
+        bail!(
+            "{} belongs to uid {}, neither root nor uid {owner}; refusing a path another user controls",
+            path.display(),
+            stat.st_uid
+        );
+    }
+    let sticky = stat.st_mode & Mode::S_ISVTX.bits() != 0;
+    if stat.st_mode & 0o022 != 0 && !sticky {
+        bail!(
+            "{} may be written by other users (mode {:04o}); refusing a path another user controls",
+            path.display(),
+            stat.st_mode & 0o7777
+        );
+    }
+    Ok(())
+}
+
+/// The directories whose runs this process may list and manage: its own,
+/// its sudo runs', and for root everyone's. One that fails its checks is
+/// named in a warning and passed over.
+pub fn visible() -> Vec<RunDir> {
+    let me = Uid::effective();
+    let mut wanted: Vec<(PathBuf, Keeper)> = Vec::new();
+    if me.is_root() {
+        wanted.push((PathBuf::from(ROOT_DIR), Keeper::Root));
+        wanted.extend(sudo_dirs());
+        for (parent, prefix, suffix) in [("/run/user", "", "throttle"), ("/tmp", "throttle-", "")] {
+            for (uid, entry) in numbered_entries(Path::new(parent), prefix) {
+                wanted.push((entry.join(suffix), Keeper::User(uid)));
+            }
+        }
+    } else {
+        wanted.push((user_dir(me), Keeper::User(me)));
+        wanted.push((
+            Path::new(ROOT_DIR).join(format!("{USER_DIR_PREFIX}{me}")),
+            Keeper::Root,
+        ));
+    }
+    open_all(wanted)
+}
+
+/// The directories whose dead runs this process cleans up: for root, its
+/// own and its sudo runs' (other users' directories are left to their
+/// owners); for anyone else, their own.
+pub fn sweepable() -> Vec<RunDir> {
+    let me = Uid::effective();
+    let wanted = if me.is_root() {
+        let mut wanted = vec![(PathBuf::from(ROOT_DIR), Keeper::Root)];
+        wanted.extend(sudo_dirs());
+        wanted
+    } else {
+        vec![(user_dir(me), Keeper::User(me))]
+    };
+    open_all(wanted)
+}
+
+fn open_all(wanted: Vec<(PathBuf, Keeper)>) -> Vec<RunDir> {
+    let mut dirs = Vec::new();
+    for (path, keeper) in wanted {
+        match RunDir::open(&path, keeper) {
+            Ok(Some(dir)) => dirs.push(dir),
+            Ok(None) => {}
+            Err(e) => eprintln!("throttle: warning: passing over {}: {e:#}", path.display()),
+        }
+    }
+    dirs
+}
+
+fn sudo_dirs() -> Vec<(PathBuf, Keeper)> {
+    numbered_entries(Path::new(ROOT_DIR), USER_DIR_PREFIX)
+        .into_iter()
+        .map(|(_, path)| (path, Keeper::Root))
+        .collect()
+}
+
+/// Entries of `parent` named `prefix` + a uid, with that uid.
+fn numbered_entries(parent: &Path, prefix: &str) -> Vec<(Uid, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return Vec::new();
+    };
+    let mut found: Vec<(Uid, PathBuf)> = entries
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name();
+            let uid = std::str::from_utf8(name.as_bytes())
+                .ok()?
+                .strip_prefix(prefix)?
+                .parse::<u32>()
+                .ok()?;
+            Some((Uid::from_raw(uid), entry.path()))
+        })
+        .collect();
+    found.sort_by(|a, b| a.1.cmp(&b.1));
+    found
+}

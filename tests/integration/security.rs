@@ -1,0 +1,713 @@
+//! Root runs against hostile local users (README, "Threat model"): what
+//! another user can write is never followed, adopted, read unbounded or
+//! acted on. Each test creates its own users: A, who runs throttle with
+//! sudo, and B, who attacks.
+
+use std::{
+    fs,
+    io::{BufRead as _, BufReader},
+    os::unix::fs::{MetadataExt as _, PermissionsExt as _},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use crate::harness::{
+    self, RunGuard, TestUser, assert_clean, cgroup_mount, throttle, wait_with_timeout,
+};
+
+/// Longest any root command may take here: none of them may hang.
+const BOUND: Duration = Duration::from_secs(30);
+
+fn run_bounded(cmd: &mut Command) -> Output {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_with_timeout(child, BOUND)
+}
+
+fn ok(what: &str, output: &Output) {
+    assert!(
+        output.status.success(),
+        "{what}: {:?}: {}",
+        output.status,
+        harness::stderr(output)
+    );
+}
+
+/// A cgroup outside throttle's with a process in it, which no planted record
+/// may get killed; removed after the test.
+struct VictimCgroup {
+    path: PathBuf,
+    sleeper: Child,
+}
+
+impl VictimCgroup {
+    fn new(path: PathBuf) -> VictimCgroup {
+        fs::create_dir(&path).unwrap();
+        let sleeper = Command::new("sleep").arg("120").spawn().unwrap();
+        fs::write(path.join("cgroup.procs"), sleeper.id().to_string()).unwrap();
+        VictimCgroup { path, sleeper }
+    }
+
+    fn assert_untouched(&mut self) {
+        assert!(
+            self.sleeper.try_wait().unwrap().is_none(),
+            "the process in {} was killed",
+            self.path.display()
+        );
+        assert!(self.path.exists(), "{} was removed", self.path.display());
+    }
+}
+
+impl Drop for VictimCgroup {
+    fn drop(&mut self) {
+        let _ = self.sleeper.kill();
+        let _ = self.sleeper.wait();
+        let _ = fs::remove_dir(&self.path);
+    }
+}
+
+/// Files (and directories) of root's that no planted link may get
+/// overwritten, chowned, chmodded, created or removed; removed after the test.
+struct VictimFiles {
+    dir: PathBuf,
+    file: PathBuf,
+    absent: PathBuf,
+}
+
+const PRECIOUS: &str = "precious\n";
+
+impl VictimFiles {
+    fn new(tag: &str) -> VictimFiles {
+        let dir = PathBuf::from(format!("/tmp/thr-victim-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        for file in ["svc.lock", "svc.sock", "file"] {
+            fs::write(dir.join(file), PRECIOUS).unwrap();
+            fs::set_permissions(dir.join(file), fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        VictimFiles {
+            file: dir.join("file"),
+            absent: dir.join("absent"),
+            dir,
+        }
+    }
+
+    fn assert_untouched(&self) {
+        let meta = fs::metadata(&self.dir).unwrap();
+        assert_eq!(
+            (meta.uid(), meta.mode() & 0o7777),
+            (0, 0o755),
+            "{} changed owner or mode",
+            self.dir.display()
+        );
+        let mut entries: Vec<String> = fs::read_dir(&self.dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        entries.sort();
+        assert_eq!(
+            entries,
+            ["file", "svc.lock", "svc.sock"],
+            "{}",
+            self.dir.display()
+        );
+        for file in ["svc.lock", "svc.sock", "file"] {
+            let path = self.dir.join(file);
+            let meta = fs::metadata(&path).unwrap();
+            assert_eq!(
+                (meta.uid(), meta.mode() & 0o7777, meta.nlink()),
+                (0, 0o644, if file == "file" { meta.nlink() } else { 1 }),
+                "{} changed",
+                path.display()
+            );
+            assert_eq!(
+                fs::read_to_string(&path).unwrap(),
+                PRECIOUS,
+                "{}",
+                path.display()
+            );
+        }
+    }
+}
+
+impl Drop for VictimFiles {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A path that a test hands to a user and removes afterwards, whatever is
+/// there by then.
+struct Planted(PathBuf);
+
+impl Drop for Planted {
+    fn drop(&mut self) {
+        match fs::symlink_metadata(&self.0) {
+            Ok(meta) if meta.is_dir() => {
+                let _ = fs::remove_dir_all(&self.0);
+            }
+            Ok(_) => {
+                let _ = fs::remove_file(&self.0);
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+fn tmp_dir_of(user: &TestUser) -> Planted {
+    let path = PathBuf::from(format!("/tmp/throttle-{}", user.uid));
+    drop(Planted(path.clone()));
+    Planted(path)
+}
+
+/// Item 1, 4, 5: lock files another user planted (naming a cgroup to kill,
+/// FIFOs, endless and huge files, a symlinked runtime directory) make no
+/// root run, cleanup, doctor or list kill, remove, hang or grow.
+#[test]
+fn records_other_users_plant_are_never_acted_on() {
+    let Some(_serial) = harness::start("records_other_users_plant_are_never_acted_on") else {
+        return;
+    };
+    let (a, b) = (TestUser::create("a"), TestUser::create("b"));
+    let mount = cgroup_mount();
+    let mut victim = VictimCgroup::new(mount.join(format!("thr-victim-{}", std::process::id())));
+    let files = VictimFiles::new("sweep");
+    let b_dir = tmp_dir_of(&b);
+    let a_dir = tmp_dir_of(&a);
+    let mount_name = mount.file_name().unwrap().to_str().unwrap();
+    let mut plant = b.sh(&format!(
+        "set -e; mkdir -m 700 {b_dir}; cd {b_dir}
+         printf 'pid 1\\ncgroup {victim}\\n' > evil.lock
+         printf 'pid 1\\ncgroup {victim}\\n' > {victim_name}.lock
+         printf 'pid 1\\ncgroup {mount}\\n' > {mount_name}.lock
+         mkfifo fifo.lock; ln -s /dev/zero zero.lock; truncate -s 4G huge.lock
+         ln -s {files} {a_dir}",
+        b_dir = b_dir.0.display(),
+        a_dir = a_dir.0.display(),
+        victim = victim.path.display(),
+        victim_name = victim.path.file_name().unwrap().to_str().unwrap(),
+        mount = mount.display(),
+        files = files.dir.display(),
+    ));
+    ok("planting", &plant.output().unwrap());
+    // The runtime directory of a user with /run/user, replaced by a link.
+    let run_user = Path::new("/run/user");
+    let made_run_user = !run_user.exists();
+    let b_run = Planted(run_user.join(b.uid.to_string()));
+    fs::create_dir_all(&b_run.0).unwrap();
+    Command::new("chown")
+        .args([&format!("{}:{}", b.name, b.name), b_run.0.to_str().unwrap()])
+        .status()
+        .unwrap();
+    ok(
+        "linking",
+        &b.sh(&format!(
+            "ln -s {} {}/throttle",
+            files.dir.display(),
+            b_run.0.display()
+        ))
+        .output()
+        .unwrap(),
+    );
+
+    let started = Instant::now();
+    ok(
+        "a root run",
+        &run_bounded(throttle().args(["--name", "t-planted", "--", "true"])),
+    );
+    ok(
+        "a sudo run of A",
+        &run_bounded(
+            throttle()
+                .args(["--name", "t-planted-a", "--", "true"])
+                .env("SUDO_UID", a.uid.to_string())
+                .env("SUDO_GID", a.gid.to_string()),
+        ),
+    );
+    ok("cleanup", &run_bounded(throttle().arg("cleanup")));
+    run_bounded(throttle().arg("doctor"));
+    ok("list", &run_bounded(throttle().arg("list")));
+    eprintln!("five root commands took {:?}", started.elapsed());
+
+    victim.assert_untouched();
+    files.assert_untouched();
+    let b_meta = fs::symlink_metadata(&b_dir.0).unwrap();
+    assert_eq!(b_meta.uid(), b.uid, "B's directory changed hands");
+    let link = fs::symlink_metadata(&a_dir.0).unwrap();
+    assert!(
+        link.file_type().is_symlink(),
+        "the planted link was replaced"
+    );
+    assert_clean("t-planted");
+    drop(b_run);
+    if made_run_user {
+        let _ = fs::remove_dir(run_user);
+    }
+}
+
+/// Item 7 and the record checks: in root's own directory, one unreadable
+/// record and one naming a cgroup that is not its run's are passed over
+/// with a warning, and a genuine dead run next to them is still removed.
+#[test]
+fn one_bad_record_does_not_stop_the_sweep_or_name_a_victim() {
+    let Some(_serial) = harness::start("one_bad_record_does_not_stop_the_sweep") else {
+        return;
+    };
+    let mount = cgroup_mount();
+    let mut victim = VictimCgroup::new(mount.join(format!("thr-victim2-{}", std::process::id())));
+    let runs = Path::new("/run/throttle");
+    // A root run first, so root's directory exists as throttle makes it.
+    ok(
+        "a root run",
+        &run_bounded(throttle().args(["--name", "t-first", "--", "true"])),
+    );
+    let mount_name = mount.file_name().unwrap().to_str().unwrap();
+    let planted = [
+        Planted(runs.join("0bad.lock")),
+        Planted(runs.join("t-mismatch.lock")),
+        Planted(runs.join("throttle.lock")),
+        Planted(runs.join("t-dead.lock")),
+        Planted(runs.join(format!("{mount_name}.lock"))),
+    ];
+    fs::write(&planted[0].0, b"pid 1\ncgroup \xff\xfe\n").unwrap();
+    fs::write(
+        &planted[1].0,
+        format!("pid 1\ncgroup {}\n", victim.path.display()),
+    )
+    .unwrap();
+    fs::write(
+        &planted[2].0,
+        format!("pid 1\ncgroup {}\n", mount.join("throttle").display()),
+    )
+    .unwrap();
+    fs::write(
+        &planted[4].0,
+        format!("pid 1\ncgroup {}\n", mount.display()),
+    )
+    .unwrap();
+    let dead = VictimCgroup::new(mount.join("throttle/t-dead"));
+    fs::write(
+        &planted[3].0,
+        format!("pid 1\ncgroup {}\n", dead.path.display()),
+    )
+    .unwrap();
+
+    let output = run_bounded(throttle().arg("cleanup"));
+    let stderr = harness::stderr(&output);
+    eprintln!("{stderr}");
+    assert_eq!(output.status.code(), Some(125), "{stderr}");
+    let mount_lock = format!("{mount_name}.lock");
+    for name in ["0bad.lock", "t-mismatch.lock", "throttle.lock", &mount_lock] {
+        assert!(stderr.contains(name), "no warning names {name}: {stderr}");
+    }
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("removed dead run t-dead"),
+        "the genuine dead run was not removed"
+    );
+    assert!(!dead.path.exists(), "the dead run's cgroup is still there");
+    let mut dead = dead;
+    // Killed before its cgroup could go, so this wait returns at once.
+    dead.sleeper.wait().unwrap();
+    victim.assert_untouched();
+    assert!(
+        mount.join("throttle").exists(),
+        "the runs' parent was removed"
+    );
+    // The bad records' files are gone with their warnings: once is enough.
+    let again = run_bounded(throttle().arg("cleanup"));
+    ok("a second cleanup", &again);
+    assert_eq!(
+        String::from_utf8_lossy(&again.stdout).trim(),
+        "nothing to clean up"
+    );
+    assert_clean("t-first");
+}
+
+/// Items 2, 3, 8: a sudo run never uses the /tmp directory another user
+/// pre-created for it (links to root's files, dangling links, hard links, or
+/// the directory itself a link, swapped back and forth during the runs);
+/// it uses a directory only root can write, with the socket its owner's.
+#[test]
+fn sudo_runs_never_write_where_another_user_can() {
+    let Some(_serial) = harness::start("sudo_runs_never_write_where_another_user_can") else {
+        return;
+    };
+    let (a, b) = (TestUser::create("a"), TestUser::create("b"));
+    let files = VictimFiles::new("sudo");
+    let a_dir = tmp_dir_of(&a);
+    ok(
+        "planting",
+        &b.sh(&format!(
+            "set -e; mkdir -m 755 {a_dir}; cd {a_dir}
+             for n in t-sudo t-loop; do ln -s {file} $n.lock; ln -s {file} $n.sock; done
+             ln -s {absent} t-new.lock",
+            a_dir = a_dir.0.display(),
+            file = files.file.display(),
+            absent = files.absent.display(),
+        ))
+        .output()
+        .unwrap(),
+    );
+    // protected_hardlinks stops B from linking root's file; a system
+    // without it would not, so root makes the link B would have made.
+    fs::hard_link(&files.file, a_dir.0.join("t-hard.lock")).unwrap();
+
+    let sudo = |name: &str, script: &str| {
+        let mut cmd = throttle();
+        cmd.args(["--name", name, "--", "sh", "-c", script])
+            .env("SUDO_UID", a.uid.to_string())
+            .env("SUDO_GID", a.gid.to_string());
+        cmd
+    };
+    let output = run_bounded(&mut sudo(
+        "t-sudo",
+        "stat -c '%u %a %F' \"$THROTTLE_SOCKET\"; echo \"$THROTTLE_SOCKET\"",
+    ));
+    ok("a sudo run", &output);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let a_runs = format!("/run/throttle/user-{}", a.uid);
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        [
+            format!("{} 600 socket", a.uid).as_str(),
+            format!("{a_runs}/t-sudo.sock").as_str()
+        ]
+    );
+    let meta = fs::metadata(&a_runs).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.gid(), meta.mode() & 0o7777),
+        (0, a.gid, 0o750),
+        "{a_runs} must be root's, readable by A and writable by nobody else"
+    );
+    for name in ["t-new", "t-hard"] {
+        ok(name, &run_bounded(&mut sudo(name, "true")));
+    }
+    files.assert_untouched();
+    assert_eq!(fs::metadata(&files.file).unwrap().nlink(), 2);
+    assert!(
+        !files.absent.exists(),
+        "a dangling link made root create a file"
+    );
+    assert_eq!(fs::symlink_metadata(&a_dir.0).unwrap().uid(), b.uid);
+
+    // B swaps A's directory for a link to root's directory and back while
+    // A's sudo runs start and end.
+    let swapper = b
+        .sh(&format!(
+            "for i in $(seq 3000); do rm -rf {d}; ln -s {victim} {d}; rm -f {d}; mkdir {d}; \
+             ln -s {file} {d}/t-loop.lock; done",
+            d = a_dir.0.display(),
+            victim = files.dir.display(),
+            file = files.file.display(),
+        ))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut swapper = RunGuard(Some(swapper));
+    for _ in 0..10 {
+        ok(
+            "a sudo run during the swaps",
+            &run_bounded(&mut sudo("t-loop", "true")),
+        );
+    }
+    wait_with_timeout(swapper.0.take().unwrap(), BOUND);
+    files.assert_untouched();
+    assert_clean_in(&a_runs, &["t-sudo", "t-new", "t-hard", "t-loop"]);
+}
+
+fn assert_clean_in(dir: &str, names: &[&str]) {
+    for name in names {
+        assert_clean(name);
+        for suffix in ["lock", "sock"] {
+            let path = format!("{dir}/{name}.{suffix}");
+            assert!(!Path::new(&path).exists(), "{path} was left behind");
+        }
+    }
+}
+
+/// A sudo run's owner manages it without sudo; another user neither sees
+/// it nor reaches it.
+#[test]
+fn a_sudo_run_is_its_owners_and_no_one_elses() {
+    let Some(_serial) = harness::start("a_sudo_run_is_its_owners_and_no_one_elses") else {
+        return;
+    };
+    let (a, b) = (TestUser::create("a"), TestUser::create("b"));
+    let run = RunGuard(Some(
+        throttle()
+            .args(["--name", "t-owned", "--", "sleep", "20"])
+            .env("SUDO_UID", a.uid.to_string())
+            .env("SUDO_GID", a.gid.to_string())
+            .spawn()
+            .unwrap(),
+    ));
+    let socket = format!("/run/throttle/user-{}/t-owned.sock", a.uid);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !Path::new(&socket).exists() {
+        assert!(Instant::now() < deadline, "no socket at {socket}");
+        thread::sleep(Duration::from_millis(20));
+    }
+    let t = harness::THROTTLE;
+    let output = a
+        .sh(&format!("{t} set t-owned --down 2M"))
+        .output()
+        .unwrap();
+    ok("the owner's set", &output);
+    let output = b.sh(&format!("{t} stats t-owned")).output().unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(3),
+        "{}",
+        harness::stderr(&output)
+    );
+    let output = b
+        .sh(&format!("THROTTLE_SOCKET={socket} {t} stats"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(4),
+        "{}",
+        harness::stderr(&output)
+    );
+    run.stop();
+    assert_clean_in(&format!("/run/throttle/user-{}", a.uid), &["t-owned"]);
+}
+
+/// Item 6: root's list, stats and set talk only to sockets that pass their
+/// checks, never print the control characters a fake run sends, and stop
+/// reading an endless reply.
+#[test]
+fn root_clients_survive_fake_runs() {
+    let Some(_serial) = harness::start("root_clients_survive_fake_runs") else {
+        return;
+    };
+    let b = TestUser::create("b");
+    let b_dir = tmp_dir_of(&b);
+    let root_run = RunGuard(Some(
+        throttle()
+            .args(["--name", "t-real", "--", "sleep", "20"])
+            .spawn()
+            .unwrap(),
+    ));
+    let server = b
+        .sh(&format!(
+            "set -e; mkdir -m 700 {d}; ln -s /run/throttle/t-real.sock {d}/t-link.sock; \
+             exec /usr/bin/python3 -c '{FAKE_RUN}' {d}",
+            d = b_dir.0.display()
+        ))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut server = RunGuard(Some(server));
+    let mut ready = String::new();
+    BufReader::new(server.0.as_mut().unwrap().stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert_eq!(ready.trim(), "ready");
+
+    let started = Instant::now();
+    let list = run_bounded(throttle().arg("list"));
+    let set = run_bounded(throttle().args(["set", "t-evil", "--down", "1M"]));
+    let endless = run_bounded(throttle().args(["stats", "t-endless"]));
+    let link = run_bounded(throttle().args(["stats", "t-link"]));
+    eprintln!("four root clients took {:?}", started.elapsed());
+    for (what, output) in [
+        ("list", &list),
+        ("set", &set),
+        ("stats", &endless),
+        ("link", &link),
+    ] {
+        let all = [&output.stdout[..], &output.stderr[..]].concat();
+        assert!(
+            !all.iter().any(|b| *b == 0x1b || *b == 0x07),
+            "{what} printed a control character: {}",
+            String::from_utf8_lossy(&all)
+        );
+    }
+    let listed = String::from_utf8_lossy(&list.stdout);
+    assert!(listed.contains("t-real"), "{listed}");
+    assert!(
+        listed.contains("\\u{1b}"),
+        "the fake run's row is not shown escaped: {listed}"
+    );
+    assert_eq!(set.status.code(), Some(6), "{}", harness::stderr(&set));
+    assert!(harness::stderr(&set).contains("\\u{1b}]0;pwned"));
+    assert_eq!(
+        endless.status.code(),
+        Some(6),
+        "{}",
+        harness::stderr(&endless)
+    );
+    assert!(harness::stderr(&endless).contains("longer than"));
+    assert_eq!(link.status.code(), Some(3), "{}", harness::stderr(&link));
+    assert!(harness::stderr(&link).contains("not a socket"));
+
+    server.stop();
+    root_run.stop();
+    assert_clean("t-real");
+}
+
+/// A fake run: `t-evil` answers everything with terminal escapes, and
+/// `t-endless` sends up to 64 MiB without a line end.
+const FAKE_RUN: &str = r#"
+import json, os, socket, sys, threading, time
+d = sys.argv[1]
+ESC = "\x1b]0;pwned\x07\x1b[2J\x1b[31m"
+def evil(c):
+    for line in c.makefile("rb"):
+        command = json.loads(line).get("command")
+        if command == "info":
+            none = {"rate": None, "burst": None}
+            r = {"name": ESC + "t-evil", "pid": 1, "command": [ESC], "started": 0,
+                 "limits": {"down": none, "up": none}}
+        elif command == "stats":
+            z = {"passed_bytes": 0, "passed_packets": 0, "dropped_bytes": 0, "dropped_packets": 0}
+            r = {"elapsed": 1, "down": z, "up": z}
+        else:
+            r = {"ok": False, "error": ESC + " refused"}
+        r = {"version": 1, "ok": True, **r}
+        c.sendall((json.dumps(r) + "\n").encode())
+def endless(c):
+    try:
+        for _ in range(4096):
+            c.sendall(b"x" * 16384)
+    except OSError:
+        pass
+def serve(name, handler):
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(os.path.join(d, name))
+    s.listen(8)
+    def loop():
+        while True:
+            c, _ = s.accept()
+            threading.Thread(target=handler, args=(c,), daemon=True).start()
+    threading.Thread(target=loop, daemon=True).start()
+serve("t-evil.sock", evil)
+serve("t-endless.sock", endless)
+print("ready", flush=True)
+time.sleep(60)
+"#;
+
+/// Item 9: a root run from a cgroup delegated to another user is refused
+/// (that user could move the command out of its limits or kill it); from
+/// one delegated to the run's own owner it goes ahead.
+#[test]
+fn a_cgroup_delegated_to_another_user_is_refused() {
+    let Some(_serial) = harness::start("a_cgroup_delegated_to_another_user_is_refused") else {
+        return;
+    };
+    let (a, b) = (TestUser::create("a"), TestUser::create("b"));
+    let delegated = cgroup_mount().join(format!("thr-deleg-{}", std::process::id()));
+    fs::create_dir(&delegated).unwrap();
+    let _remove = RemoveCgroup(delegated.clone());
+    for file in [
+        "",
+        "cgroup.procs",
+        "cgroup.subtree_control",
+        "cgroup.threads",
+    ] {
+        Command::new("chown")
+            .args([
+                &format!("{}:{}", b.name, b.name),
+                delegated.join(file).to_str().unwrap(),
+            ])
+            .status()
+            .unwrap();
+    }
+    let from_delegated = |sudo_uid: u32, sudo_gid: u32| {
+        let mut cmd = Command::new("sh");
+        cmd.args([
+            "-c",
+            &format!(
+                "echo $$ > {}/cgroup.procs && exec {} --name t-deleg -- true",
+                delegated.display(),
+                harness::THROTTLE
+            ),
+        ])
+        .env("SUDO_UID", sudo_uid.to_string())
+        .env("SUDO_GID", sudo_gid.to_string());
+        run_bounded(&mut cmd)
+    };
+    let refused = from_delegated(a.uid, a.gid);
+    assert_eq!(
+        refused.status.code(),
+        Some(125),
+        "{}",
+        harness::stderr(&refused)
+    );
+    let message = harness::stderr(&refused);
+    assert!(
+        message.contains(&format!("delegated to uid {}", b.uid)) && message.lines().count() == 1,
+        "{message}"
+    );
+    ok(
+        "a run for the delegatee itself",
+        &from_delegated(b.uid, b.gid),
+    );
+    assert!(!delegated.join("t-deleg").exists());
+}
+
+struct RemoveCgroup(PathBuf);
+
+impl Drop for RemoveCgroup {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir(&self.0);
+    }
+}
+
+/// Item 9: until the run's cgroup exists, SIGTERM ends a root run as it
+/// ends any program, so `timeout` can stop a set-up that hangs. strace
+/// holds the wrapper in its first mkdirat (creating its runtime
+/// directory) while the signal arrives.
+#[test]
+fn a_set_up_that_hangs_can_be_stopped() {
+    let Some(_serial) = harness::start("a_set_up_that_hangs_can_be_stopped") else {
+        return;
+    };
+    let tracer = Command::new("strace")
+        .args(["-o", "/dev/null", "-e", "trace=mkdirat", "-e"])
+        .arg("inject=mkdirat:delay_enter=5000000:when=1")
+        .args([harness::THROTTLE, "--name", "t-stall", "--", "true"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let tracer_pid = tracer.id();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let wrapper = loop {
+        let children = fs::read_to_string(format!("/proc/{tracer_pid}/task/{tracer_pid}/children"))
+            .unwrap_or_default();
+        if let Some(pid) = children.split_whitespace().next() {
+            break pid.parse::<i32>().unwrap();
+        }
+        assert!(Instant::now() < deadline, "strace started no wrapper");
+        thread::sleep(Duration::from_millis(10));
+    };
+    thread::sleep(Duration::from_millis(1000));
+    let started = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(wrapper),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let output = wait_with_timeout(tracer, BOUND);
+    use std::os::unix::process::ExitStatusExt as _;
+    let by_sigterm = output.status.signal() == Some(15) || output.status.code() == Some(128 + 15);
+    assert!(
+        by_sigterm,
+        "the wrapper held SIGTERM through its set-up: {:?} {}",
+        output.status,
+        harness::stderr(&output)
+    );
+    eprintln!(
+        "SIGTERM ended the stalled set-up after {:?}",
+        started.elapsed()
+    );
+    assert_clean("t-stall");
+}
