@@ -23,6 +23,8 @@ pub const EXIT_NO_SUCH_RUN: u8 = 3;
 pub const EXIT_PERMISSION: u8 = 4;
 pub const EXIT_RUN_GONE: u8 = 5;
 pub const EXIT_REFUSED: u8 = 6;
+/// `list` showed every run, but could not read some of them.
+pub const EXIT_INCOMPLETE: u8 = 7;
 
 /// Longest reply line read; a run's longest is its info, with its command.
 const MAX_REPLY: usize = 1 << 20;
@@ -92,13 +94,19 @@ impl Run {
         request["version"] = json!(PROTOCOL_VERSION);
         let mut line = request.to_string();
         line.push('\n');
-        if let Err(e) = self.stream.write_all(line.as_bytes()) {
-            return fail(
-                EXIT_RUN_GONE,
-                format!("the run at {} went away: {e}", self.socket.display()),
-            );
-        }
-        let line = self.reply_line()?;
+        // One write; if the run has already answered and hung up (a
+        // refusal, "busy"), its reply is still waiting to be read.
+        let written = self.stream.write_all(line.as_bytes());
+        let line = match (self.reply_line(), written) {
+            (Ok(line), _) => line,
+            (Err(_), Err(e)) => {
+                return fail(
+                    EXIT_RUN_GONE,
+                    format!("the run at {} went away: {e}", self.socket.display()),
+                );
+            }
+            (Err(failure), Ok(())) => return Err(failure),
+        };
         let reply: Value = serde_json::from_slice(&line).map_err(|e| Failure {
             code: EXIT_REFUSED,
             message: format!("unreadable reply from {}: {e}", self.socket.display()),
@@ -344,28 +352,41 @@ pub fn stats(target: Option<&str>, watch: Option<Duration>, as_json: bool) -> Ou
     }
 }
 
+/// A run that could not be read, unless it has simply ended (its socket is
+/// gone), which is no row at all.
+fn unreadable(dir: &RunDir, name: &str, failure: &Failure) -> Option<Value> {
+    let gone = !dir.contains(&runs::socket_file(name));
+    (!gone).then(|| json!({"name": name, "error": failure.message}))
+}
+
+/// Every visible run, each a row; one that could not be read says why in
+/// its row (`error`), and the list then ends with [`EXIT_INCOMPLETE`].
 pub fn list(as_json: bool) -> Outcome<()> {
     const SAMPLE: Duration = Duration::from_millis(500);
-    let mut runs: Vec<(Run, Value, Value)> = Vec::new();
+    let mut runs: Vec<(Run, RunDir, Value, Value)> = Vec::new();
+    let mut unreadable_rows = Vec::new();
     for (dir, name) in visible_runs() {
-        // A run that ended or is another user's is simply not listed.
-        let Ok(mut run) = Run::connect(&dir, &name) else {
-            continue;
-        };
-        let (Ok(info), Ok(first)) = (
-            run.request(json!({"command": "info"})),
-            run.request(json!({"command": "stats"})),
-        ) else {
-            continue;
-        };
-        runs.push((run, info, first));
+        let sampled = Run::connect(&dir, &name).and_then(|mut run| {
+            let info = run.request(json!({"command": "info"}))?;
+            let first = run.request(json!({"command": "stats"}))?;
+            Ok((run, info, first))
+        });
+        match sampled {
+            Ok((run, info, first)) => runs.push((run, dir, info, first)),
+            Err(failure) => unreadable_rows.extend(unreadable(&dir, &name, &failure)),
+        }
     }
     let started = Instant::now();
     thread::sleep(SAMPLE);
     let mut rows = Vec::new();
-    for (mut run, info, first) in runs {
-        let Ok(second) = run.request(json!({"command": "stats"})) else {
-            continue;
+    for (mut run, dir, info, first) in runs {
+        let second = match run.request(json!({"command": "stats"})) {
+            Ok(second) => second,
+            Err(failure) => {
+                let name = info["name"].as_str().unwrap_or_default();
+                unreadable_rows.extend(unreadable(&dir, name, &failure));
+                continue;
+            }
         };
         let [down, up] = rates(&first, &second, started.elapsed());
         rows.push(json!({
@@ -373,15 +394,43 @@ pub fn list(as_json: bool) -> Outcome<()> {
             "down_rate": down, "up_rate": up, "down": second["down"], "up": second["up"],
         }));
     }
+    let incomplete = unreadable_rows.len();
+    rows.extend(unreadable_rows);
     if as_json {
         println!("{}", Value::Array(rows));
-        return Ok(());
+    } else {
+        print_table(&rows);
     }
+    if incomplete > 0 {
+        return fail(
+            EXIT_INCOMPLETE,
+            format!("{incomplete} run(s) could not be read; their rows say why"),
+        );
+    }
+    Ok(())
+}
+
+fn print_table(rows: &[Value]) {
     println!(
         "{:<24} {:>8} {:>13} {:>13} {:>13} {:>13} {:>11} {:>11}  COMMAND",
         "NAME", "PID", "DOWN LIMIT", "UP LIMIT", "DOWN RATE", "UP RATE", "DOWN TOTAL", "UP TOTAL"
     );
     for row in rows {
+        let name = printable(row["name"].as_str().unwrap_or("?"));
+        if let Some(error) = row["error"].as_str() {
+            println!(
+                "{name:<24} {:>8} {:>13} {:>13} {:>13} {:>13} {:>11} {:>11}  (unreadable: {})",
+                "-",
+                "-",
+                "-",
+                "-",
+                "-",
+                "-",
+                "-",
+                printable(error)
+            );
+            continue;
+        }
         let command: Vec<&str> = row["command"]
             .as_array()
             .into_iter()
@@ -389,9 +438,8 @@ pub fn list(as_json: bool) -> Outcome<()> {
             .filter_map(|v| v.as_str())
             .collect();
         println!(
-            "{:<24} {:>8} {:>13} {:>13} {:>13} {:>13} {:>11} {:>11}  {}",
-            printable(row["name"].as_str().unwrap_or("?")),
-            row["pid"],
+            "{name:<24} {:>8} {:>13} {:>13} {:>13} {:>13} {:>11} {:>11}  {}",
+            row["pid"].to_string(),
             limit_text(&row["limits"]["down"]),
             limit_text(&row["limits"]["up"]),
             stats::rate(row["down_rate"].as_f64().unwrap_or(0.0)),
@@ -401,7 +449,6 @@ pub fn list(as_json: bool) -> Outcome<()> {
             printable(&command.join(" ")),
         );
     }
-    Ok(())
 }
 
 #[cfg(test)]

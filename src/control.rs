@@ -8,7 +8,7 @@
 //! or teardown.
 
 use std::{
-    io::{BufRead as _, BufReader, Read as _, Write as _},
+    io::{Read as _, Write as _},
     os::{
         fd::{AsFd as _, OwnedFd},
         unix::net::{UnixListener, UnixStream},
@@ -18,7 +18,7 @@ use std::{
         atomic::{AtomicUsize, Ordering},
     },
     thread::{self, JoinHandle},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
@@ -42,8 +42,9 @@ pub const PROTOCOL_VERSION: u64 = 1;
 /// Longest request line accepted; longer ones get an error and the connection closes.
 pub const MAX_LINE: usize = 4096;
 const MAX_CLIENTS: usize = 32;
-/// A client that sends nothing for this long is disconnected.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A client that has not sent a whole request line within this long is
+/// disconnected.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the socket serves: the run's description and its live programs.
 pub struct RunState {
@@ -179,38 +180,33 @@ fn reply(stream: &mut UnixStream, value: &Value) -> std::io::Result<()> {
 }
 
 fn serve(mut stream: UnixStream, owner: Uid, state: &RunState) {
-    let allowed = getsockopt(&stream, PeerCredentials).map(|c| Uid::from_raw(c.uid()));
-    if !matches!(allowed, Ok(uid) if uid == owner || uid.is_root()) {
-        let _ = reply(
-            &mut stream,
-            &error("permission denied: only the run's owner and root may use this socket"),
-        );
+    let allowed = getsockopt(&stream, PeerCredentials)
+        .is_ok_and(|c| Uid::from_raw(c.uid()) == owner || c.uid() == 0);
+    if stream.set_write_timeout(Some(REQUEST_TIMEOUT)).is_err() {
         return;
     }
-    if stream.set_read_timeout(Some(IDLE_TIMEOUT)).is_err()
-        || stream.set_write_timeout(Some(IDLE_TIMEOUT)).is_err()
-    {
-        return;
-    }
-    let Ok(read_half) = stream.try_clone() else {
-        return;
-    };
-    let mut reader = BufReader::new(read_half);
+    let mut pending = Vec::new();
     loop {
-        let mut line = Vec::new();
-        match (&mut reader)
-            .take(MAX_LINE as u64 + 1)
-            .read_until(b'\n', &mut line)
-        {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-        if line.last() != Some(&b'\n') {
+        // Even a refused client's request is read first: closing on unread
+        // data would reset the connection, and the client would report that
+        // instead of the refusal waiting for it.
+        let line = match read_request(&mut stream, &mut pending) {
+            Request::Line(line) => line,
+            Request::Closed => return,
+            Request::TooLong => {
+                let _ = reply(
+                    &mut stream,
+                    &error(&format!(
+                        "request line longer than {MAX_LINE} bytes, or unterminated"
+                    )),
+                );
+                return;
+            }
+        };
+        if !allowed {
             let _ = reply(
                 &mut stream,
-                &error(&format!(
-                    "request line longer than {MAX_LINE} bytes, or unterminated"
-                )),
+                &error("permission denied: only the run's owner and root may use this socket"),
             );
             return;
         }
@@ -221,9 +217,44 @@ fn serve(mut stream: UnixStream, owner: Uid, state: &RunState) {
     }
 }
 
+/// What a client sent next.
+enum Request {
+    Line(Vec<u8>),
+    /// It hung up, or took longer than [`REQUEST_TIMEOUT`] over one line.
+    Closed,
+    /// More than [`MAX_LINE`] bytes without a line end.
+    TooLong,
+}
+
+/// Reads one request line within [`REQUEST_TIMEOUT`] as a whole, however
+/// slowly the client dribbles it, so no client holds a slot for longer.
+fn read_request(stream: &mut UnixStream, pending: &mut Vec<u8>) -> Request {
+    let deadline = Instant::now() + REQUEST_TIMEOUT;
+    let mut chunk = [0u8; 1024];
+    loop {
+        if let Some(end) = pending.iter().position(|b| *b == b'\n') {
+            return Request::Line(pending.drain(..=end).collect());
+        }
+        if pending.len() > MAX_LINE {
+            return Request::TooLong;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            return Request::Closed;
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) if pending.is_empty() => return Request::Closed,
+            Ok(0) => return Request::TooLong,
+            Ok(n) => pending.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return Request::Closed,
+        }
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Request {
+struct Command {
     version: u64,
     command: String,
     down: Option<Value>,
@@ -232,7 +263,7 @@ struct Request {
 }
 
 fn handle(line: &[u8], state: &RunState) -> Result<Value> {
-    let request: Request =
+    let request: Command =
         serde_json::from_slice(line).map_err(|e| anyhow!("malformed request: {e}"))?;
     if request.version != PROTOCOL_VERSION {
         bail!(
@@ -311,7 +342,7 @@ const RATE: (&str, u64) = (
 );
 const SIZE: (&str, u64) = ("a size string or a number of bytes", MAX_SIZE);
 
-fn set(state: &RunState, request: &Request) -> Result<Value> {
+fn set(state: &RunState, request: &Command) -> Result<Value> {
     if request.down.is_none() && request.up.is_none() && request.burst.is_none() {
         bail!("'set' needs at least one of down, up, burst");
     }

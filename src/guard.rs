@@ -22,11 +22,12 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use nix::{
+    fcntl::OFlag,
     sys::{
         signal::{SigHandler, Signal, signal},
         wait::waitpid,
     },
-    unistd::{ForkResult, Pid, fork, pipe, setsid},
+    unistd::{ForkResult, Pid, fork, pipe2, setsid},
 };
 
 use crate::{cgroup, rundir::RunDir, runs};
@@ -55,7 +56,9 @@ impl Guard {
     /// `lock` is the run's lock, which the watchdog holds on to.
     pub fn start(cleanup: Cleanup, lock: BorrowedFd<'_>) -> Result<Guard> {
         let keep = [lock.as_raw_fd(), cleanup.runtime_dir.fd().as_raw_fd()];
-        let (read, write) = pipe().context("creating the watchdog pipe")?;
+        // Close-on-exec: a command that inherited the write end would keep the
+        // watchdog from ever seeing the wrapper die, and could dismiss it.
+        let (read, write) = pipe2(OFlag::O_CLOEXEC).context("creating the watchdog pipe")?;
         // SAFETY: the wrapper is single-threaded here (see above), so the
         // child may allocate and use std freely.
         match unsafe { fork() }.context("forking the watchdog")? {

@@ -298,3 +298,160 @@ fn hostile_clients_do_not_disturb_the_run() {
     assert!(output.status.success(), "{}", harness::stderr(&output));
     assert_clean("t-fuzz");
 }
+
+/// Issue 10, defect 2: under CPU load, every refused request exits 4 with
+/// the refusal, never 5 ("went away") from a race with the server's close.
+#[test]
+fn refusals_under_load_are_always_reported_as_refusals() {
+    let Some(_serial) = harness::start("refusals_under_load_are_always_reported_as_refusals")
+    else {
+        return;
+    };
+    let user = TestUser::create("own");
+    let run = harness::RunGuard(Some(
+        throttle()
+            .args(["--name", "t-refuse", "--", "sleep", "60"])
+            .spawn()
+            .unwrap(),
+    ));
+    wait_for_socket("t-refuse");
+    let load: Vec<harness::RunGuard> = (0..2)
+        .map(|_| {
+            harness::RunGuard(Some(
+                Command::new("timeout")
+                    .args(["60", "sh", "-c", "while :; do :; done"])
+                    .spawn()
+                    .unwrap(),
+            ))
+        })
+        .collect();
+    let mut wrong = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(50);
+    for _ in 0..200 {
+        assert!(Instant::now() < deadline, "200 refusals took too long");
+        let output = Command::new("setpriv")
+            .args([
+                "--reuid",
+                &user.name,
+                "--regid",
+                &user.name,
+                "--clear-groups",
+            ])
+            .args(["--inh-caps=+dac_override", "--ambient-caps=+dac_override"])
+            .arg(harness::THROTTLE)
+            .arg("stats")
+            .env("THROTTLE_SOCKET", socket("t-refuse"))
+            .output()
+            .unwrap();
+        let stderr = harness::stderr(&output);
+        if output.status.code() != Some(4) || !stderr.contains("only the run's owner and root") {
+            wrong.push(format!("{:?}: {}", output.status.code(), stderr.trim()));
+        }
+    }
+    drop(load);
+    assert!(
+        wrong.is_empty(),
+        "{} of 200 refusals were misreported: {:?}",
+        wrong.len(),
+        &wrong[..wrong.len().min(5)]
+    );
+    run.stop();
+    assert_clean("t-refuse");
+}
+
+/// Issue 10, defect 4: 32 clients that dribble a request a byte at a time
+/// hold the run's slots for no longer than the 10 s request deadline.
+#[test]
+fn slow_clients_cannot_keep_a_run_busy() {
+    let Some(_serial) = harness::start("slow_clients_cannot_keep_a_run_busy") else {
+        return;
+    };
+    let run = harness::RunGuard(Some(
+        throttle()
+            .args(["--name", "t-loris", "--", "sleep", "60"])
+            .spawn()
+            .unwrap(),
+    ));
+    wait_for_socket("t-loris");
+    let started = Instant::now();
+    let loris: Vec<thread::JoinHandle<()>> = (0..32)
+        .map(|_| {
+            let mut stream = UnixStream::connect(socket("t-loris")).unwrap();
+            thread::spawn(move || {
+                // At most 40 s, a byte every half second, never a line end.
+                for _ in 0..80 {
+                    if stream.write_all(b" ").is_err() {
+                        return;
+                    }
+                    thread::sleep(Duration::from_millis(500));
+                }
+            })
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(300));
+    let busy = throttle().args(["stats", "t-loris"]).output().unwrap();
+    assert_eq!(busy.status.code(), Some(6), "{}", harness::stderr(&busy));
+    assert!(harness::stderr(&busy).contains("busy"));
+    let served = loop {
+        let output = throttle().args(["stats", "t-loris"]).output().unwrap();
+        if output.status.success() {
+            break started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(14),
+            "still refused after {:?}: {}",
+            started.elapsed(),
+            harness::stderr(&output)
+        );
+        thread::sleep(Duration::from_millis(250));
+    };
+    eprintln!("served again {served:?} after 32 slow clients connected");
+    for thread in loris {
+        thread.join().unwrap();
+    }
+    run.stop();
+    assert_clean("t-loris");
+}
+
+/// Issue 10, defect 3: a run that cannot be read still gets its row, and
+/// the list's exit status says it is incomplete.
+#[test]
+fn list_shows_a_run_it_cannot_read_and_says_so() {
+    let Some(_serial) = harness::start("list_shows_a_run_it_cannot_read_and_says_so") else {
+        return;
+    };
+    let run = harness::RunGuard(Some(
+        throttle()
+            .args(["--name", "t-busy", "--", "sleep", "60"])
+            .spawn()
+            .unwrap(),
+    ));
+    wait_for_socket("t-busy");
+    let idle: Vec<UnixStream> = (0..32)
+        .map(|_| UnixStream::connect(socket("t-busy")).unwrap())
+        .collect();
+    thread::sleep(Duration::from_millis(300));
+    let output = throttle().args(["list", "--json"]).output().unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(7),
+        "{}",
+        harness::stderr(&output)
+    );
+    let rows: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "t-busy")
+        .unwrap_or_else(|| panic!("t-busy has no row: {rows}"));
+    assert!(row["error"].as_str().unwrap().contains("busy"), "{row}");
+    let table = throttle().arg("list").output().unwrap();
+    assert_eq!(table.status.code(), Some(7));
+    assert!(String::from_utf8_lossy(&table.stdout).contains("(unreadable: busy"));
+    drop(idle);
+    let output = throttle().args(["list", "--json"]).output().unwrap();
+    assert!(output.status.success(), "{}", harness::stderr(&output));
+    run.stop();
+    assert_clean("t-busy");
+}

@@ -188,8 +188,12 @@ fn pids_in(name: &str) -> Vec<i32> {
         .collect()
 }
 
+/// Whether `pid` still runs: a zombie has ended, whoever reaps it.
 fn alive(pid: i32) -> bool {
-    kill(Pid::from_raw(pid), None).is_ok()
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| Some(stat.rsplit_once(')')?.1.trim_start().starts_with('Z')))
+        .is_some_and(|zombie| !zombie)
 }
 
 fn guard_of(wrapper: u32) -> Option<i32> {
@@ -285,4 +289,102 @@ fn the_next_run_sweeps_what_a_killed_run_and_watchdog_left() {
     wait_gone(&pids);
     assert_clean("t-stale");
     assert_clean("t-next");
+}
+
+fn descriptors_of(pid: u32) -> Vec<String> {
+    let mut fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let target = std::fs::read_link(e.path()).unwrap_or_default();
+            format!(
+                "{} -> {}",
+                e.file_name().to_string_lossy(),
+                target.display()
+            )
+        })
+        .collect();
+    fds.sort();
+    fds
+}
+
+/// Issue 10, defect 1: the command starts with exactly the descriptors the
+/// caller gave throttle (here also a 5), as the same command started
+/// without throttle does, and none of throttle's.
+#[test]
+fn the_command_inherits_only_the_callers_descriptors() {
+    let Some(_serial) = harness::start("the_command_inherits_only_the_callers_descriptors") else {
+        return;
+    };
+    let start = |wrapper: &str| {
+        Command::new("sh")
+            .args(["-c", &format!("exec 5</dev/null; exec {wrapper} sleep 10")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut bare = start("");
+    thread::sleep(Duration::from_millis(300));
+    let expected = descriptors_of(bare.id());
+    bare.kill().unwrap();
+    bare.wait().unwrap();
+    assert!(
+        expected.iter().any(|fd| fd.starts_with("5 ")),
+        "{expected:?}"
+    );
+    let run = harness::RunGuard(Some(start(&format!(
+        "{} --name t-fds --",
+        harness::THROTTLE
+    ))));
+    wait_for_cgroup_processes("t-fds", 1);
+    let command = pids_in("t-fds")[0] as u32;
+    assert_eq!(descriptors_of(command), expected);
+    run.stop();
+    assert_clean("t-fds");
+}
+
+/// Issue 10, defect 1: after kill -9 of the wrapper, a grandchild in the
+/// background (which no parent-death signal reaches) is dead within a
+/// second, and the run's cgroup, files and programs are gone.
+#[test]
+fn kill_9_of_the_wrapper_ends_a_background_grandchild_at_once() {
+    let Some(_serial) = harness::start("kill_9_of_the_wrapper_ends_a_background_grandchild") else {
+        return;
+    };
+    let netns = Netns::new();
+    let server = netns.serve();
+    let mut child = harness::RunGuard(Some(
+        throttle()
+            .args(["--down", "1M", "--name", "t-kill9bg", "--", "sh", "-c"])
+            .arg(format!(
+                "curl -sS -o /dev/null {}/{} & sleep 300",
+                server.url,
+                64 * harness::MIB
+            ))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
+    wait_for_cgroup_processes("t-kill9bg", 3);
+    thread::sleep(Duration::from_millis(500));
+    let pids = pids_in("t-kill9bg");
+    let wrapper = child.0.as_mut().unwrap();
+    wrapper.kill().unwrap();
+    wrapper.wait().unwrap();
+    let killed = Instant::now();
+    while pids.iter().any(|p| alive(*p)) || run_cgroup("t-kill9bg").exists() {
+        assert!(
+            killed.elapsed() < Duration::from_secs(1),
+            "a second after kill -9: alive {:?}, cgroup there: {}",
+            pids.iter().filter(|p| alive(**p)).collect::<Vec<_>>(),
+            run_cgroup("t-kill9bg").exists()
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+    eprintln!("everything gone {:?} after kill -9", killed.elapsed());
+    child.0 = None;
+    assert_clean("t-kill9bg");
 }
