@@ -31,8 +31,14 @@ pub fn start(test: &str) -> Option<MutexGuard<'static, ()>> {
         );
         return None;
     }
-    Some(SERIAL.lock().unwrap_or_else(|p| p.into_inner()))
+    let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    *BASELINE.lock().unwrap_or_else(|p| p.into_inner()) = loaded_throttle_programs();
+    Some(serial)
 }
+
+/// Throttle programs loaded when the running test started: anybody else's,
+/// which the test's checks leave alone.
+static BASELINE: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 
 pub fn throttle() -> Command {
     Command::new(THROTTLE)
@@ -79,9 +85,20 @@ pub fn loaded_throttle_programs() -> Vec<u32> {
         .collect()
 }
 
-/// Asserts the run named `name` left no cgroup, lock file or program behind.
-/// The kernel frees programs after their last reference goes, which may lag
-/// the wrapper's exit a little.
+/// Throttle programs loaded since the running test started.
+pub fn programs_since_start() -> Vec<u32> {
+    let baseline = BASELINE.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    loaded_throttle_programs()
+        .into_iter()
+        .filter(|id| !baseline.contains(id))
+        .collect()
+}
+
+/// Asserts the run named `name` left no cgroup, lock file or program behind:
+/// no throttle program loaded since the test started may remain, so runs
+/// of anybody else on the machine do not fail the test. The kernel frees
+/// programs after their last reference goes, which may lag the wrapper's
+/// exit a little.
 pub fn assert_clean(name: &str) {
     let cgroup = run_cgroup(name);
     assert!(!cgroup.exists(), "{} was left behind", cgroup.display());
@@ -91,7 +108,7 @@ pub fn assert_clean(name: &str) {
     }
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
-        let programs = loaded_throttle_programs();
+        let programs = programs_since_start();
         if programs.is_empty() {
             return;
         }

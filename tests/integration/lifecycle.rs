@@ -94,7 +94,7 @@ fn bad_input_is_one_line_with_a_distinct_status_and_leaves_nothing() {
         assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
     }
-    assert!(harness::loaded_throttle_programs().is_empty());
+    assert!(harness::programs_since_start().is_empty());
 }
 
 #[test]
@@ -278,7 +278,7 @@ fn the_next_run_sweeps_what_a_killed_run_and_watchdog_left() {
     thread::sleep(Duration::from_millis(200));
     assert!(run_cgroup("t-stale").exists());
     assert!(
-        harness::loaded_throttle_programs().is_empty(),
+        harness::programs_since_start().is_empty(),
         "the links did not die with the wrapper"
     );
     let status = Command::new(harness::THROTTLE)
