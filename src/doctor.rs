@@ -131,13 +131,13 @@ fn stale_runs() -> Result<String> {
             }
         );
     }
-    if stale.removed.is_empty() {
+    if stale.runs.is_empty() {
         Ok("none".into())
     } else {
         bail!(
             "{} dead run(s) left files behind ({}); remove them with 'throttle cleanup'",
-            stale.removed.len(),
-            stale.removed.join(", ")
+            stale.runs.len(),
+            stale.runs.join(", ")
         )
     }
 }

@@ -218,10 +218,10 @@ fn cleanup() -> Result<ExitCode> {
     privileges::check()?;
     let mount = cgroup::find_mount()?;
     let sweep = runs::sweep(&rundir::sweepable(), &mount);
-    if sweep.removed.is_empty() && sweep.warnings.is_empty() {
+    if sweep.runs.is_empty() && sweep.warnings.is_empty() {
         println!("nothing to clean up");
     }
-    for name in &sweep.removed {
+    for name in &sweep.runs {
         println!("removed dead run {name}");
     }
     for warning in &sweep.warnings {

@@ -141,7 +141,8 @@ fn read_record(file: &mut File) -> Result<Record> {
 /// What a sweep did, and what it passed over.
 #[derive(Default)]
 pub struct Sweep {
-    pub removed: Vec<String>,
+    /// Dead runs: those found by [`stale`], or removed by [`sweep`].
+    pub runs: Vec<String>,
     pub warnings: Vec<String>,
 }
 
@@ -192,7 +193,7 @@ pub fn stale(dirs: &[RunDir]) -> Sweep {
             .into_iter()
             .map(|run| run.name)
             .collect();
-        sweep.removed.extend(names);
+        sweep.runs.extend(names);
     }
     sweep
 }
@@ -209,7 +210,7 @@ pub fn sweep(dirs: &[RunDir], mount: &Path) -> Sweep {
                 sweep.warn(&e.context(format!("cleaning up dead run '{}'", run.name)));
                 continue;
             }
-            sweep.removed.push(run.name);
+            sweep.runs.push(run.name);
         }
     }
     if Uid::effective().is_root() {
@@ -268,7 +269,7 @@ fn sweep_unregistered(dirs: &[RunDir], mount: &Path, sweep: &mut Sweep) {
             continue; // a live run registered where this caller cannot see
         }
         match cgroup::remove_tree(&path, STALE_KILL_WAIT) {
-            Ok(()) => sweep.removed.push(name),
+            Ok(()) => sweep.runs.push(name),
             Err(e) => {
                 sweep.warn(&e.context(format!("removing unregistered cgroup {}", path.display())))
             }

@@ -30,6 +30,19 @@ fn wait_for_socket(name: &str) {
     }
 }
 
+/// A root run of `sleep 60` named `name`, serving its socket, ended when
+/// the guard is stopped or dropped.
+fn live_run(name: &str) -> harness::RunGuard {
+    let run = harness::RunGuard(Some(
+        throttle()
+            .args(["--name", name, "--", "sleep", "60"])
+            .spawn()
+            .unwrap(),
+    ));
+    wait_for_socket(name);
+    run
+}
+
 fn set(name: &str, args: &[&str]) -> Duration {
     let started = Instant::now();
     let output = throttle().args(["set", name]).args(args).output().unwrap();
@@ -308,13 +321,7 @@ fn refusals_under_load_are_always_reported_as_refusals() {
         return;
     };
     let user = TestUser::create("own");
-    let run = harness::RunGuard(Some(
-        throttle()
-            .args(["--name", "t-refuse", "--", "sleep", "60"])
-            .spawn()
-            .unwrap(),
-    ));
-    wait_for_socket("t-refuse");
+    let run = live_run("t-refuse");
     let load: Vec<harness::RunGuard> = (0..2)
         .map(|_| {
             harness::RunGuard(Some(
@@ -366,13 +373,7 @@ fn slow_clients_cannot_keep_a_run_busy() {
     let Some(_serial) = harness::start("slow_clients_cannot_keep_a_run_busy") else {
         return;
     };
-    let run = harness::RunGuard(Some(
-        throttle()
-            .args(["--name", "t-loris", "--", "sleep", "60"])
-            .spawn()
-            .unwrap(),
-    ));
-    wait_for_socket("t-loris");
+    let run = live_run("t-loris");
     let started = Instant::now();
     let loris: Vec<thread::JoinHandle<()>> = (0..32)
         .map(|_| {
@@ -420,13 +421,7 @@ fn list_shows_a_run_it_cannot_read_and_says_so() {
     let Some(_serial) = harness::start("list_shows_a_run_it_cannot_read_and_says_so") else {
         return;
     };
-    let run = harness::RunGuard(Some(
-        throttle()
-            .args(["--name", "t-busy", "--", "sleep", "60"])
-            .spawn()
-            .unwrap(),
-    ));
-    wait_for_socket("t-busy");
+    let run = live_run("t-busy");
     let idle: Vec<UnixStream> = (0..32)
         .map(|_| UnixStream::connect(socket("t-busy")).unwrap())
         .collect();
