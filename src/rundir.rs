@@ -13,7 +13,7 @@
 use std::{
     ffi::OsStr,
     fs::File,
-    io,
+    io::{self, Write as _},
     os::{
         fd::{AsFd, AsRawFd as _, BorrowedFd, OwnedFd},
         unix::{
@@ -28,7 +28,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use nix::{
     dir::Dir,
     errno::Errno,
-    fcntl::{AtFlags, OFlag, openat},
+    fcntl::{AT_FDCWD, AtFlags, Flock, FlockArg, OFlag, openat},
     sys::{
         socket::{
             AddressFamily, Backlog, SockFlag, SockType, UnixAddr, bind, getsockopt, listen, socket,
@@ -36,7 +36,7 @@ use nix::{
         },
         stat::{FileStat, Mode, SFlag, fchmod, fstat, fstatat, mkdirat},
     },
-    unistd::{Gid, Uid, UnlinkatFlags, fchown, fchownat, unlinkat},
+    unistd::{Gid, Uid, UnlinkatFlags, fchown, fchownat, linkat, unlinkat},
 };
 
 use crate::cli;
@@ -227,23 +227,49 @@ impl RunDir {
         Ok(names)
     }
 
-    /// Opens the lock file `file` without following a link or blocking; with
-    /// `create`, creates it (0600) if missing. It must be a regular file with
-    /// one link, written by the uid whose runs live here.
-    pub fn open_lock(&self, file: &str, create: bool) -> Result<File> {
+    /// Creates the lock file `file` (0600) already locked and holding
+    /// `record`: it is made without a name (O_TMPFILE), locked and written,
+    /// and only then linked in, so no other process ever finds it unlocked
+    /// or empty and takes it for a dead run's. Fails with EEXIST if `file`
+    /// exists.
+    pub fn create_locked(&self, file: &str, record: &[u8]) -> Result<Flock<File>> {
         let shown = self.path.join(file);
-        let mut flags = OFlag::O_RDWR
+        let flags = OFlag::O_TMPFILE | OFlag::O_RDWR | OFlag::O_CLOEXEC;
+        let fd = openat(&self.fd, ".", flags, Mode::from_bits_truncate(0o600))
+            .with_context(|| format!("creating a file in {}", self.path.display()))?;
+        let mut lock = Flock::lock(File::from(fd), FlockArg::LockExclusiveNonblock)
+            .map_err(|(_, e)| e)
+            .with_context(|| format!("locking the new {}", shown.display()))?;
+        lock.write_all(record)
+            .with_context(|| format!("writing {}", shown.display()))?;
+        let unnamed = format!("/proc/self/fd/{}", lock.as_raw_fd());
+        linkat(
+            AT_FDCWD,
+            unnamed.as_str(),
+            &self.fd,
+            file,
+            AtFlags::AT_SYMLINK_FOLLOW,
+        )
+        .with_context(|| format!("creating {}", shown.display()))?;
+        Ok(lock)
+    }
+
+    /// Opens the existing lock file `file` without following a link or
+    /// blocking. It must be a regular file with one link, written by the uid
+    /// whose runs live here.
+    pub fn open_lock(&self, file: &str) -> Result<File> {
+        let shown = self.path.join(file);
+        let flags = OFlag::O_RDWR
             | OFlag::O_CLOEXEC
             | OFlag::O_NOFOLLOW
             | OFlag::O_NONBLOCK
             | OFlag::O_NOCTTY;
         // Checked before opening as well as after, so that no FIFO or device
         // planted under a lock's name is ever opened.
-        match self.stat(file) {
-            Ok(stat) => self.check_lock(&stat, &shown)?,
-            Err(Errno::ENOENT) if create => flags |= OFlag::O_CREAT | OFlag::O_EXCL,
-            Err(e) => return Err(e).with_context(|| format!("inspecting {}", shown.display())),
-        }
+        let stat = self
+            .stat(file)
+            .with_context(|| format!("inspecting {}", shown.display()))?;
+        self.check_lock(&stat, &shown)?;
         let fd = openat(&self.fd, file, flags, Mode::from_bits_truncate(0o600))
             .with_context(|| format!("opening {}", shown.display()))?;
         let file_handle = File::from(fd);

@@ -13,7 +13,7 @@
 
 use std::{
     fs::File,
-    io::{Read as _, Write as _},
+    io::Read as _,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -54,19 +54,33 @@ impl Registration {
     pub fn claim(dir: &RunDir, name: &str, cgroup: &Path) -> Result<Registration> {
         let file = lock_file(name);
         let shown = dir.path().join(&file);
-        // A sweep in another process may unlink a stale file between our open
-        // and our flock; then the lock we hold is on a deleted file. Retry.
+        let record = format!("pid {}\ncgroup {}\n", getpid(), cgroup.display());
         for _ in 0..3 {
-            let handle = match dir.open_lock(&file, true) {
-                Ok(handle) => handle,
-                // Created by a concurrent claim between our look and our open.
-                Err(e) if e.downcast_ref::<Errno>() == Some(&Errno::EEXIST) => continue,
+            match dir.create_locked(&file, record.as_bytes()) {
+                Ok(lock) => {
+                    return Ok(Registration {
+                        dir: dir.try_clone()?,
+                        file,
+                        lock,
+                    });
+                }
+                Err(e) if e.downcast_ref::<Errno>() == Some(&Errno::EEXIST) => {}
+                Err(e) => return Err(e),
+            }
+            // Taken: by a live run, or by a dead one no sweep has removed yet.
+            let existing = match dir.open_lock(&file) {
+                Ok(existing) => existing,
+                Err(e) if e.downcast_ref::<Errno>() == Some(&Errno::ENOENT) => continue,
                 Err(e) => return Err(e),
             };
-            let mut lock = match Flock::lock(handle, FlockArg::LockExclusiveNonblock) {
-                Ok(lock) => lock,
-                Err((mut handle, Errno::EWOULDBLOCK)) => {
-                    let owner = read_record(&mut handle).map(|r| r.pid).unwrap_or_default();
+            match Flock::lock(existing, FlockArg::LockExclusiveNonblock) {
+                Ok(dead) => {
+                    if dir.holds(&file, &dead) {
+                        dir.remove(&file)?;
+                    }
+                }
+                Err((mut live, Errno::EWOULDBLOCK)) => {
+                    let owner = read_record(&mut live).map(|r| r.pid).unwrap_or_default();
                     bail!(
                         "a run named '{name}' is already active (pid {owner}); choose another --name"
                     );
@@ -74,23 +88,9 @@ impl Registration {
                 Err((_, e)) => {
                     return Err(e).with_context(|| format!("locking {}", shown.display()));
                 }
-            };
-            if !dir.holds(&file, &lock) {
-                continue;
             }
-            lock.set_len(0)?;
-            write!(lock, "pid {}\ncgroup {}\n", getpid(), cgroup.display())
-                .with_context(|| format!("writing {}", shown.display()))?;
-            return Ok(Registration {
-                dir: dir.try_clone()?,
-                file,
-                lock,
-            });
         }
-        bail!(
-            "could not claim {}: it keeps being removed",
-            shown.display()
-        )
+        bail!("could not claim {}: it keeps being taken", shown.display())
     }
 
     /// The fd holding the lock, for the watchdog to inherit.
@@ -169,7 +169,7 @@ fn dead_runs(dir: &RunDir, sweep: &mut Sweep) -> Vec<DeadRun> {
     };
     let mut dead = Vec::new();
     for name in names {
-        let file = match dir.open_lock(&lock_file(&name), false) {
+        let file = match dir.open_lock(&lock_file(&name)) {
             Ok(file) => file,
             // Removed by its run or another sweep since the listing.
             Err(e) if e.downcast_ref::<Errno>() == Some(&Errno::ENOENT) => continue,

@@ -1,5 +1,6 @@
 //! Build chores: `cargo xtask completions`, `cargo xtask man`,
-//! `cargo xtask demo` (the README's first command) and `cargo xtask bench`.
+//! `cargo xtask demo` (the README's first command), `cargo xtask bench` and
+//! `cargo xtask soak`.
 //!
 //! The CLI definition is compiled in from the binary's own source, so the
 //! generated files can never describe a different command line.
@@ -15,6 +16,7 @@ mod demo;
 mod netlab;
 mod plot;
 mod report;
+mod soak;
 
 use std::{
     fs,
@@ -56,6 +58,21 @@ enum Task {
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
     },
+    /// Many runs with faults injected, many at once, and hostile control clients; fails on any leak (needs root)
+    Soak {
+        /// Runs with a random fault each
+        #[arg(long, default_value_t = 1000)]
+        runs: usize,
+        /// Runs started at once in the concurrent phase
+        #[arg(long, default_value_t = 50)]
+        concurrent: usize,
+        /// Seed of the faults' choice and timing [default: from the clock]
+        #[arg(long)]
+        seed: Option<u64>,
+        /// The throttle binary to soak [default: build the release binary]
+        #[arg(long, value_name = "PATH")]
+        throttle: Option<PathBuf>,
+    },
 }
 
 /// Each shell's completion file, named as the shell looks for it.
@@ -85,6 +102,24 @@ fn main() -> Result<()> {
                 out: out.unwrap_or_else(|| root.join("target/bench")),
             },
         ),
+        Task::Soak {
+            runs,
+            concurrent,
+            seed,
+            throttle,
+        } => soak::run(&soak::Options {
+            runs,
+            concurrent,
+            seed: seed.unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64)
+            }),
+            throttle: match throttle {
+                Some(path) => path,
+                None => demo::build_release(&root)?,
+            },
+        }),
     }
 }
 
