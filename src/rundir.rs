@@ -28,7 +28,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use nix::{
     dir::Dir,
     errno::Errno,
-    fcntl::{AT_FDCWD, AtFlags, Flock, FlockArg, OFlag, openat},
+    fcntl::{AT_FDCWD, AtFlags, Flock, FlockArg, OFlag, openat, renameat},
     sys::{
         socket::{
             AddressFamily, Backlog, SockFlag, SockType, UnixAddr, bind, getsockopt, listen, socket,
@@ -335,9 +335,13 @@ impl RunDir {
     }
 
     /// Creates the listening socket `file`, mode 0600 from the start and
-    /// owned by `owner`.
+    /// owned by `owner`. It is bound under a staging name (never a run's:
+    /// it starts with a dot) and renamed into place once it listens, so a
+    /// client that finds the socket can always connect to it.
     pub fn bind(&self, file: &str, owner: (Uid, Gid)) -> Result<UnixListener> {
         let shown = self.path.join(file);
+        let staging = format!(".{file}.new");
+        self.remove(&staging)?;
         let socket = socket(
             AddressFamily::Unix,
             SockType::Stream,
@@ -349,7 +353,7 @@ impl RunDir {
         // the umask) at bind, so it never exists with a wider one.
         fchmod(&socket, Mode::from_bits_truncate(0o600))
             .context("setting the control socket's mode")?;
-        let address = UnixAddr::new(&self.through_fd(file))
+        let address = UnixAddr::new(&self.through_fd(&staging))
             .with_context(|| format!("addressing {}", shown.display()))?;
         bind(socket.as_raw_fd(), &address)
             .with_context(|| format!("binding control socket {}", shown.display()))?;
@@ -367,7 +371,7 @@ impl RunDir {
             }
             fchownat(
                 &self.fd,
-                file,
+                staging.as_str(),
                 Some(owner.0),
                 Some(owner.1),
                 AtFlags::AT_SYMLINK_NOFOLLOW,
@@ -376,6 +380,8 @@ impl RunDir {
         }
         listen(&socket, Backlog::new(64).unwrap_or(Backlog::MAXCONN))
             .with_context(|| format!("listening on {}", shown.display()))?;
+        renameat(&self.fd, staging.as_str(), &self.fd, file)
+            .with_context(|| format!("putting {} in place", shown.display()))?;
         Ok(UnixListener::from(socket))
     }
 
