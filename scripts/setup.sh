@@ -17,6 +17,10 @@ need_root() {
 # plot, and strace and python3 for the security tests (a stalled set-up, a
 # fake run served by another user).
 APT_PACKAGES=(llvm-22-dev iproute2 bpftool iperf3 trickle curl fonts-dejavu-core strace python3)
+# The kernel lab (cargo xtask vm, vm-test): qemu, what virtme-ng needs (kmod
+# for depmod, busybox for its initramfs, a venv to install it in), and tini
+# to reap orphans in the guest, whose init does not.
+APT_PACKAGES+=(qemu-system-x86 kmod busybox-static tini python3-venv iputils-ping)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -44,5 +48,30 @@ if ! command -v bpf-linker >/dev/null 2>&1; then
     PATH=/usr/lib/llvm-22/bin:$PATH cargo install --locked bpf-linker \
         --no-default-features --features llvm-22
 fi
+
+# Debian's own kernels for the lab, unpacked (not installed) into a cache
+# outside the checkout, so fresh clones share them: 6.1 (Debian 12's
+# default) and 6.12 (its LTS option), as the meta-packages name them now.
+LAB=/var/lib/throttle-lab
+if [ ! -x "$LAB/venv/bin/vng" ]; then
+    need_root
+    log "installing virtme-ng into $LAB/venv"
+    mkdir -p "$LAB"
+    /usr/bin/python3 -m venv "$LAB/venv"
+    "$LAB/venv/bin/pip" install --quiet virtme-ng
+fi
+for meta in linux-image-amd64 linux-image-6.12-amd64; do
+    pkg=$(apt-cache depends "$meta" 2>/dev/null | awk '/Depends: linux-image-/ {print $2; exit}')
+    if [ -z "$pkg" ]; then
+        log "apt knows no kernel behind $meta; run: apt-get update"
+        exit 1
+    fi
+    if [ ! -d "$LAB/kernels/$pkg/boot" ]; then
+        need_root
+        log "downloading and unpacking $pkg into $LAB/kernels"
+        mkdir -p "$LAB/kernels"
+        (cd "$LAB/kernels" && apt-get download -qq "$pkg" 2>/dev/null && dpkg -x "$pkg"_*.deb "$pkg" && rm -f "$pkg"_*.deb)
+    fi
+done
 
 log "ready"

@@ -291,6 +291,17 @@ fn the_next_run_sweeps_what_a_killed_run_and_watchdog_left() {
     assert_clean("t-next");
 }
 
+/// Waits until `pid` has exec'd `program`: before exec, a child still holds
+/// its parent's close-on-exec descriptors.
+fn wait_for_exec(pid: u32, program: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(format!("/proc/{pid}/comm")).map_or(true, |c| c.trim() != program)
+    {
+        assert!(Instant::now() < deadline, "{pid} never became {program}");
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn descriptors_of(pid: u32) -> Vec<String> {
     let mut fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
@@ -326,7 +337,7 @@ fn the_command_inherits_only_the_callers_descriptors() {
             .unwrap()
     };
     let mut bare = start("");
-    thread::sleep(Duration::from_millis(300));
+    wait_for_exec(bare.id(), "sleep");
     let expected = descriptors_of(bare.id());
     bare.kill().unwrap();
     bare.wait().unwrap();
@@ -340,6 +351,7 @@ fn the_command_inherits_only_the_callers_descriptors() {
     ))));
     wait_for_cgroup_processes("t-fds", 1);
     let command = pids_in("t-fds")[0] as u32;
+    wait_for_exec(command, "sleep");
     assert_eq!(descriptors_of(command), expected);
     run.stop();
     assert_clean("t-fds");

@@ -17,6 +17,7 @@ mod netlab;
 mod plot;
 mod report;
 mod soak;
+mod vm;
 
 use std::{
     fs,
@@ -57,6 +58,21 @@ enum Task {
         /// Where the report and plot go [default: target/bench]
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
+    },
+    /// Boot a Debian kernel under qemu on this machine's root filesystem and run COMMAND inside as root (needs root)
+    Vm {
+        /// Which kernel: 6.1, 6.12 or all
+        #[arg(long, default_value = "6.12")]
+        kernel: String,
+        /// The command and its arguments
+        #[arg(required = true, last = true)]
+        command: Vec<String>,
+    },
+    /// Run throttle doctor and the lifecycle, control and 1 MiB/s rate tests under each lab kernel (needs root)
+    VmTest {
+        /// Which kernel: 6.1, 6.12 or all
+        #[arg(long, default_value = "all")]
+        kernel: String,
     },
     /// Many runs with faults injected, many at once, and hostile control clients; fails on any leak (needs root)
     Soak {
@@ -102,6 +118,27 @@ fn main() -> Result<()> {
                 out: out.unwrap_or_else(|| root.join("target/bench")),
             },
         ),
+        Task::Vm { kernel, command } => {
+            let mut worst = 0;
+            for label in vm::labels(&kernel)? {
+                let guest = vm::run(label, &command, &std::env::current_dir()?)?;
+                print!("{}", guest.output);
+                eprintln!(
+                    "xtask vm: Linux {}: exit status {}, {:.0} s",
+                    guest.kernel,
+                    guest
+                        .status
+                        .map_or("unknown (no status came back)".into(), |s| s.to_string()),
+                    guest.took.as_secs_f64()
+                );
+                worst = worst.max(guest.status.unwrap_or(255));
+            }
+            if worst != 0 {
+                std::process::exit(worst);
+            }
+            Ok(())
+        }
+        Task::VmTest { kernel } => vm::test(&root, &vm::labels(&kernel)?),
         Task::Soak {
             runs,
             concurrent,

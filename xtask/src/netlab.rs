@@ -240,8 +240,10 @@ impl Samples {
                 .copied()
                 .unwrap_or_default()
         };
+        // Under slow timing (an emulated guest) `to` can come before `from`:
+        // then nothing arrived between them, rather than a panic.
         let (a, b) = (at(from), at(to));
-        (b.1 - a.1) as f64 / (b.0 - a.0).as_secs_f64().max(1e-6)
+        b.1.saturating_sub(a.1) as f64 / b.0.saturating_sub(a.0).as_secs_f64().max(1e-6)
     }
 
     /// From the first byte to the last.
