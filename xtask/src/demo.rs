@@ -64,8 +64,7 @@ pub fn run(root: &Path) -> Result<()> {
 }
 
 pub fn build_release(root: &Path) -> Result<std::path::PathBuf> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
+    let status = crate::cargo()
         .args([
             "build",
             "--release",

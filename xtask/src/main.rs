@@ -160,6 +160,11 @@ fn main() -> Result<()> {
     }
 }
 
+/// The cargo that runs xtask (CARGO), so builds use the same toolchain.
+pub fn cargo() -> std::process::Command {
+    std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()

@@ -267,8 +267,7 @@ pub fn test(root: &Path, kernels: &[&str]) -> Result<()> {
 /// Builds the integration tests (and with them the debug throttle) and
 /// returns the test binary's path.
 fn build_integration_tests(root: &Path) -> Result<PathBuf> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let output = Command::new(cargo)
+    let output = crate::cargo()
         .args([
             "test",
             "--no-run",

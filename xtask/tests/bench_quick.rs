@@ -2,25 +2,16 @@
 //! measures the workspace's debug `throttle` (built by the same
 //! `cargo test`) against trickle and no limiter, and writes its report.
 
-use std::{path::Path, process::Command};
+mod common;
+
+use std::process::Command;
 
 #[test]
 fn quick_bench_writes_a_report() {
-    if !nix::unistd::Uid::effective().is_root() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "the benchmark needs root (cgroups, BPF, network namespaces); CI must run it as root"
-        );
-        eprintln!("SKIPPED quick_bench_writes_a_report: needs root; run: sudo -E cargo test");
+    let Some(throttle) = common::debug_throttle("quick_bench_writes_a_report", "the benchmark")
+    else {
         return;
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let throttle = root.join("target/debug/throttle");
-    assert!(
-        throttle.exists(),
-        "{} is missing: run the workspace's `cargo test`, which builds it",
-        throttle.display()
-    );
+    };
     let out = tempdir();
     let output = Command::new(env!("CARGO_BIN_EXE_xtask"))
         .args(["bench", "--quick", "--throttle"])
