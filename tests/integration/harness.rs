@@ -2,7 +2,6 @@
 //! check, one-at-a-time execution, and checks that a run left nothing behind.
 
 use std::{
-    fs,
     path::{Path, PathBuf},
     process::{Command, Output},
     sync::{Mutex, MutexGuard},
@@ -58,14 +57,7 @@ pub fn assert_ratio(what: &str, measured: f64, limit: u64, low: f64, high: f64) 
 }
 
 pub fn cgroup_mount() -> PathBuf {
-    let text = fs::read_to_string("/proc/self/mountinfo").unwrap();
-    text.lines()
-        .find_map(|l| {
-            let (head, tail) = l.split_once(" - ")?;
-            tail.starts_with("cgroup2 ")
-                .then(|| PathBuf::from(head.split_whitespace().nth(4).unwrap()))
-        })
-        .expect("cgroup2 is not mounted")
+    crate::procfs::cgroup_mount().expect("cgroup2 is not mounted")
 }
 
 /// The cgroup a top-level run named `name` uses (the tests run in the root cgroup).
@@ -73,14 +65,11 @@ pub fn run_cgroup(name: &str) -> PathBuf {
     cgroup_mount().join("throttle").join(name)
 }
 
-/// Names of loaded BPF programs that are throttle's.
+/// Ids of the loaded BPF programs that are throttle's (all three kinds).
 pub fn loaded_throttle_programs() -> Vec<u32> {
     aya::programs::loaded_programs()
         .flatten()
-        .filter(|p| {
-            p.name_as_str()
-                .is_some_and(|n| n == "throttle_down" || n == "throttle_up")
-        })
+        .filter(|p| p.name_as_str().is_some_and(|n| n.starts_with("throttle_")))
         .map(|p| p.id())
         .collect()
 }

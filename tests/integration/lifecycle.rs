@@ -11,7 +11,10 @@ use nix::{
     unistd::Pid,
 };
 
-use crate::harness::{self, Netns, assert_clean, run_cgroup, throttle, wait_with_timeout};
+use crate::{
+    harness::{self, Netns, assert_clean, run_cgroup, throttle, wait_with_timeout},
+    procfs::{alive, guard_of},
+};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -186,26 +189,6 @@ fn pids_in(name: &str) -> Vec<i32> {
         .lines()
         .filter_map(|l| l.parse().ok())
         .collect()
-}
-
-/// Whether `pid` still runs: a zombie has ended, whoever reaps it.
-fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| Some(stat.rsplit_once(')')?.1.trim_start().starts_with('Z')))
-        .is_some_and(|zombie| !zombie)
-}
-
-fn guard_of(wrapper: u32) -> Option<i32> {
-    let children =
-        std::fs::read_to_string(format!("/proc/{wrapper}/task/{wrapper}/children")).ok()?;
-    children
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .find(|pid: &i32| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .is_ok_and(|c| c.trim() == "throttle-guard")
-        })
 }
 
 /// Starts a throttled download that runs through a shell, so the

@@ -8,5 +8,8 @@ mod lifecycle;
 #[allow(dead_code)]
 #[path = "../../xtask/src/netlab.rs"]
 mod netlab;
+// What the tests and the soak read from /proc about runs.
+#[path = "../../xtask/src/procfs.rs"]
+mod procfs;
 mod rates;
 mod security;

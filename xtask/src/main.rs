@@ -15,6 +15,7 @@ mod demo;
 #[allow(dead_code)]
 mod netlab;
 mod plot;
+mod procfs;
 mod report;
 mod soak;
 mod vm;

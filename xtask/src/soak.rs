@@ -22,7 +22,10 @@ use nix::{
     unistd::Pid,
 };
 
-use crate::netlab::{MIB, Netns};
+use crate::{
+    netlab::{MIB, Netns},
+    procfs::{self, alive},
+};
 
 pub struct Options {
     pub runs: usize,
@@ -216,15 +219,7 @@ struct Env {
 
 impl Env {
     fn new(throttle: &Path) -> Result<Env> {
-        let mountinfo = fs::read_to_string("/proc/self/mountinfo")?;
-        let mount = mountinfo
-            .lines()
-            .find_map(|l| {
-                let (head, tail) = l.split_once(" - ")?;
-                let mount = head.split_whitespace().nth(4)?;
-                tail.starts_with("cgroup2 ").then(|| PathBuf::from(mount))
-            })
-            .context("cgroup2 is not mounted")?;
+        let mount = procfs::cgroup_mount().context("cgroup2 is not mounted")?;
         let own = fs::read_to_string("/proc/self/cgroup")?
             .lines()
             .find_map(|l| l.strip_prefix("0::").map(str::to_string))
@@ -585,32 +580,16 @@ fn wait_limited(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
     }
 }
 
-/// Whether `pid` still runs: a zombie has ended, whoever reaps it.
-fn alive(pid: i32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| Some(stat.rsplit_once(')')?.1.trim_start().starts_with('Z')))
-        .is_some_and(|zombie| !zombie)
-}
-
+/// The watchdog of `wrapper`, waiting up to 2 s for it to be forked.
 fn guard_of(wrapper: u32) -> Option<i32> {
     let deadline = Instant::now() + Duration::from_secs(2);
-    while Instant::now() < deadline {
-        let children = fs::read_to_string(format!("/proc/{wrapper}/task/{wrapper}/children"))
-            .unwrap_or_default();
-        let guard = children
-            .split_whitespace()
-            .filter_map(|p| p.parse().ok())
-            .find(|pid: &i32| {
-                fs::read_to_string(format!("/proc/{pid}/comm"))
-                    .is_ok_and(|c| c.trim() == "throttle-guard")
-            });
-        if guard.is_some() {
+    loop {
+        let guard = procfs::guard_of(wrapper);
+        if guard.is_some() || Instant::now() >= deadline {
             return guard;
         }
         thread::sleep(Duration::from_millis(5));
     }
-    None
 }
 
 /// Ids of the loaded programs that are throttle's, as bpftool lists them.
