@@ -274,13 +274,21 @@ fn the_next_run_sweeps_what_a_killed_run_and_watchdog_left() {
     assert_clean("t-next");
 }
 
-/// Waits until `pid` has exec'd `program`: before exec, a child still holds
-/// its parent's close-on-exec descriptors.
+/// Waits until `pid` has exec'd `program` and sleeps in it: before exec, a
+/// child still holds its parent's close-on-exec descriptors, and just after
+/// it the dynamic loader briefly opens the libraries it maps (seen on 6.1
+/// under qemu as a vanishing "4 -> ").
 fn wait_for_exec(pid: u32, program: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while std::fs::read_to_string(format!("/proc/{pid}/comm")).map_or(true, |c| c.trim() != program)
-    {
-        assert!(Instant::now() < deadline, "{pid} never became {program}");
+    let settled = || {
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // The state follows the last ')' (the name may contain one).
+        let state = stat.rsplit_once(") ").map(|(_, rest)| rest.chars().next());
+        comm.trim() == program && state == Some(Some('S'))
+    };
+    while !settled() {
+        assert!(Instant::now() < deadline, "{pid} never slept in {program}");
         thread::sleep(Duration::from_millis(10));
     }
 }
