@@ -14,9 +14,10 @@ need_root() {
 
 # Debian packages: LLVM 22 for bpf-linker, iproute2 for the test namespaces,
 # bpftool for inspecting attachments, the benchmark's peers, a font for its
-# plot, and strace and python3 for the security tests (a stalled set-up, a
-# fake run served by another user).
-APT_PACKAGES=(llvm-22-dev iproute2 bpftool iperf3 trickle curl fonts-dejavu-core strace python3)
+# plot, aria2 for the benchmark's parallel ranged downloads, and strace and
+# python3 for the security tests (a stalled set-up, a fake run served by
+# another user).
+APT_PACKAGES=(llvm-22-dev iproute2 bpftool iperf3 trickle curl aria2 fonts-dejavu-core strace python3)
 # The kernel lab (cargo xtask vm, vm-test): qemu, what virtme-ng needs (kmod
 # for depmod, busybox for its initramfs, a venv to install it in), and tini
 # to reap orphans in the guest, whose init does not.

@@ -20,30 +20,32 @@ use nix::sys::resource::{UsageWho, getrusage};
 use serde_json::Value;
 
 use crate::{
-    netlab::{Netns, measure_stdout},
+    netlab::{Netns, measure_file_growth, measure_stdout},
     plot,
     report::{self, Case, Contender, Dir, Link, Measurement, Traffic},
 };
 
-const KIB: u64 = 1024;
-const MIB: u64 = 1024 * KIB;
+pub const KIB: u64 = 1024;
+pub const MIB: u64 = 1024 * KIB;
 
 pub struct Options {
     pub quick: bool,
-    pub throttle: Option<PathBuf>,
+    /// Runs per row of the round-trip section.
+    pub reps: usize,
+    pub throttle: PathBuf,
     pub out: PathBuf,
 }
 
 /// How long each run lasts and how often it repeats.
-struct Plan {
-    cases: Vec<Case>,
-    reps: usize,
+pub struct Plan {
+    pub cases: Vec<Case>,
+    pub reps: usize,
     /// Seconds measured, after `warmup` seconds left out of every figure
     /// except the waste (the bucket's initial burst is not the steady state).
-    secs: u32,
-    warmup: u32,
-    overhead_runs: usize,
-    plot: bool,
+    pub secs: u32,
+    pub warmup: u32,
+    pub overhead_runs: usize,
+    pub plot: bool,
 }
 
 fn full_plan() -> Plan {
@@ -99,21 +101,8 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
         nix::unistd::Uid::effective().is_root(),
         "the benchmark creates network namespaces and cgroups: run it as root"
     );
-    for tool in ["iperf3", "trickle", "curl"] {
-        ensure!(
-            Command::new(tool)
-                .arg("-h")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok(),
-            "{tool} is missing; scripts/setup.sh installs it"
-        );
-    }
-    let throttle = match &options.throttle {
-        Some(path) => path.clone(),
-        None => crate::demo::build_release(root)?,
-    };
+    check_tools(&["iperf3", "trickle", "curl", "aria2c"])?;
+    let throttle = options.throttle.clone();
     let plan = if options.quick {
         quick_plan()
     } else {
@@ -179,20 +168,72 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
         plan.warmup,
         plan.reps,
     );
-    print!("{text}");
     let path = options.out.join("report.md");
     fs::write(&path, &text).with_context(|| format!("writing {}", path.display()))?;
+    // The full benchmark ends with the round trips users see, measured in
+    // the kernel lab; its report becomes a section of this one.
+    let text = if options.quick {
+        text
+    } else {
+        let rtt = crate::rtt::run(
+            root,
+            &crate::rtt::Options {
+                quick: false,
+                filter: None,
+                reps: options.reps,
+                throttle: throttle.clone(),
+                out: options.out.clone(),
+            },
+        )?;
+        let section: String = rtt
+            .lines()
+            .map(|l| {
+                if l.starts_with('#') {
+                    format!("#{l}\n")
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect();
+        let text = format!("{text}\n{section}");
+        fs::write(&path, &text).with_context(|| format!("writing {}", path.display()))?;
+        text
+    };
+    print!("{text}");
     eprintln!("wrote {}", path.display());
+    Ok(())
+}
+
+/// Fails naming the first of `tools` that cannot be run.
+pub fn check_tools(tools: &[&str]) -> Result<()> {
+    for tool in tools {
+        // Every one of them answers -V or -h; whether it can start is what counts.
+        let started = Command::new(tool)
+            .arg("-V")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok();
+        ensure!(started, "{tool} is missing; scripts/setup.sh installs it");
+    }
     Ok(())
 }
 
 /// The network side: a namespace with iperf3 and HTTP servers, and an
 /// iperf3 server on loopback.
-struct Lab {
-    netns: Netns,
+pub struct Lab {
+    pub netns: Netns,
     veth_iperf: RefCell<Server>,
     loopback_iperf: RefCell<Server>,
     http: crate::netlab::Server,
+    /// Where curl and aria2c write their downloads.
+    scratch: PathBuf,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.scratch);
+    }
 }
 
 struct Server {
@@ -209,16 +250,20 @@ impl Drop for Server {
 }
 
 impl Lab {
-    fn new() -> Result<Lab> {
+    pub fn new() -> Result<Lab> {
         let netns = Netns::new();
         let veth_iperf = iperf_server(Some(&netns.name), netns.peer)?;
         let loopback_iperf = iperf_server(None, Ipv4Addr::LOCALHOST)?;
         let http = netns.serve();
+        let scratch =
+            std::env::temp_dir().join(format!("throttle-bench-downloads-{}", std::process::id()));
+        fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
         Ok(Lab {
             netns,
             veth_iperf: RefCell::new(veth_iperf),
             loopback_iperf: RefCell::new(loopback_iperf),
             http,
+            scratch,
         })
     }
 
@@ -317,10 +362,10 @@ fn free_port() -> Result<u16> {
         .port())
 }
 
-struct Bench<'a> {
-    lab: &'a Lab,
-    throttle: &'a Path,
-    plan: &'a Plan,
+pub struct Bench<'a> {
+    pub lab: &'a Lab,
+    pub throttle: &'a Path,
+    pub plan: &'a Plan,
 }
 
 impl Bench<'_> {
@@ -354,9 +399,9 @@ impl Bench<'_> {
         }
     }
 
-    fn measure(&self, case: &Case, contender: Contender) -> Result<Measurement> {
+    pub fn measure(&self, case: &Case, contender: Contender) -> Result<Measurement> {
         match case.traffic {
-            Traffic::Curl => self.curl(case, contender),
+            Traffic::Curl | Traffic::Aria2 { .. } => self.download(case, contender),
             _ => self
                 .iperf(case, contender, Some(case.limit))
                 .inspect_err(|_| {
@@ -441,18 +486,79 @@ impl Bench<'_> {
         })
     }
 
-    fn curl(&self, case: &Case, contender: Contender) -> Result<Measurement> {
-        let secs = u64::from(self.plan.secs + self.plan.warmup);
-        let url = format!("{}/{}", self.lab.http.url, case.limit * secs);
+    /// A download by curl or aria2c into a file. Most are stopped after the
+    /// warm-up and the measured seconds, the file being larger than the
+    /// limit could deliver in that time, so every contender runs for the
+    /// same time; a whole-file download is the file the limit delivers in
+    /// that time, run to its end (or four times as long).
+    fn download(&self, case: &Case, contender: Contender) -> Result<Measurement> {
+        let run_for = u64::from(self.plan.secs + self.plan.warmup);
+        let whole = matches!(
+            case.traffic,
+            Traffic::Aria2 {
+                whole_file: true,
+                ..
+            }
+        );
+        let size = match (contender, whole) {
+            (Contender::Bare, true) => 16 * MIB * run_for,
+            (Contender::Bare, false) => 64 * MIB * run_for,
+            (_, true) => case.limit * run_for,
+            (_, false) => (4 * case.limit * run_for).max(16 * MIB),
+        };
+        if let Traffic::Aria2 { connections, .. } = case.traffic {
+            // aria2c splits no file into pieces under 1 MiB.
+            ensure!(
+                size >= u64::from(connections) * MIB,
+                "not run: {run_for} s at {} is {size} bytes, less than the {connections} \
+                 pieces of 1 MiB (the least aria2c splits a file into) its connections need",
+                report::rate(case.limit as f64)
+            );
+        }
+        let stop_after = if whole { 4 * run_for + 30 } else { run_for };
+        let url = format!("{}/{size}", self.lab.http.url);
+        let file = self.lab.scratch.join("download");
+        // aria2c resumes from its control file; every run starts afresh.
+        for stale in [file.clone(), file.with_extension("aria2")] {
+            match fs::remove_file(&stale) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(e).with_context(|| format!("removing {}", stale.display()));
+                }
+                _ => {}
+            }
+        }
         let mut cmd = self.wrap(contender, Some(case.limit));
-        cmd.args(["curl", "-sS", "--fail", &url]);
+        match case.traffic {
+            Traffic::Aria2 { connections, .. } => {
+                let n = connections.to_string();
+                // Pieces of 1 MiB (the least aria2c takes) so that even a
+                // small file is split over every connection; no disk cache,
+                // so the file grows as bytes arrive.
+                cmd.args(["aria2c", "-q", "-x", &n, "-s", &n, "-k", "1M"])
+                    .args(["--file-allocation=none", "--disk-cache=0"])
+                    .args(["--allow-overwrite=true", "--auto-file-renaming=false"])
+                    .arg("-d")
+                    .arg(&self.lab.scratch)
+                    .args(["-o", "download", &url]);
+            }
+            _ => {
+                cmd.args(["curl", "-sS", "--fail", "-o"])
+                    .arg(&file)
+                    .arg(&url);
+            }
+        }
         let ((samples, output), cost) = self.costed(case, || {
-            measure_stdout(&mut cmd, Duration::from_secs(4 * secs + 30))
+            measure_file_growth(
+                &mut cmd,
+                &file,
+                Duration::from_secs(stop_after),
+                Duration::from_secs(10),
+            )
         })?;
         ensure!(
-            output.status.success(),
-            "curl failed: {}",
-            String::from_utf8_lossy(&output.stderr)
+            samples.total() > 0,
+            "the download delivered nothing: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
         );
         let warmup = Duration::from_secs(self.plan.warmup.into());
         let end = samples.duration();
@@ -461,7 +567,8 @@ impl Bench<'_> {
             .take_while(|t| *t + Duration::from_secs(1) <= end)
             .map(|t| samples.rate_between(t, t + Duration::from_secs(1)))
             .collect();
-        let achieved = if end > warmup + Duration::from_secs(1) {
+        // A whole file's rate is the user's: its size over the time it took.
+        let achieved = if !whole && end > warmup + Duration::from_secs(1) {
             samples.rate_between(warmup, end)
         } else {
             samples.overall_rate()

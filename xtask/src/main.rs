@@ -17,12 +17,14 @@ mod netlab;
 mod plot;
 mod procfs;
 mod report;
+mod rtt;
 mod soak;
 mod vm;
 
 use std::{
     fs,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -59,6 +61,18 @@ enum Task {
         /// Where the report and plot go [default: target/bench]
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
+        /// Only the real round-trip times (0, 20, 80 ms under netem, in the Linux 6.12 guest); writes rtt.md
+        #[arg(long)]
+        rtt: bool,
+        /// Runs per row of the round-trip section
+        #[arg(long, default_value_t = 1, value_name = "N")]
+        reps: usize,
+        /// With --rtt: only the rows whose case contains TEXT, e.g. "aria2c" or "down 1 MiB/s"
+        #[arg(long, value_name = "TEXT")]
+        filter: Option<String>,
+        /// The round-trip section's own side, inside the guest
+        #[arg(long, hide = true)]
+        rtt_guest: bool,
     },
     /// Boot a Debian kernel under qemu on this machine's root filesystem and run COMMAND inside as root (needs root)
     Vm {
@@ -111,18 +125,64 @@ fn main() -> Result<()> {
             quick,
             throttle,
             out,
-        } => bench::run(
-            &root,
-            &bench::Options {
-                quick,
-                throttle,
-                out: out.unwrap_or_else(|| root.join("target/bench")),
-            },
-        ),
+            rtt,
+            reps,
+            filter,
+            rtt_guest,
+        } => {
+            let out = out.unwrap_or_else(|| root.join("target/bench"));
+            if filter.is_some() && !rtt && !rtt_guest {
+                bail!("--filter applies to the round-trip benchmark only: add --rtt");
+            }
+            if rtt_guest {
+                rtt::refuse_outside_guest()?;
+                let throttle = throttle.context("--rtt-guest needs --throttle")?;
+                return rtt::run_inside(&rtt::Options {
+                    quick,
+                    filter,
+                    reps,
+                    throttle,
+                    out,
+                });
+            }
+            let throttle = match throttle {
+                Some(path) => path,
+                None => demo::build_release(&root)?,
+            };
+            if rtt {
+                let text = rtt::run(
+                    &root,
+                    &rtt::Options {
+                        quick,
+                        filter,
+                        reps,
+                        throttle,
+                        out,
+                    },
+                )?;
+                print!("{text}");
+                return Ok(());
+            }
+            bench::run(
+                &root,
+                &bench::Options {
+                    quick,
+                    reps,
+                    throttle,
+                    out,
+                },
+            )
+        }
         Task::Vm { kernel, command } => {
             let mut worst = 0;
             for label in vm::labels(&kernel)? {
-                let guest = vm::run(label, &command, &std::env::current_dir()?)?;
+                let guest = vm::run(
+                    label,
+                    &command,
+                    &std::env::current_dir()?,
+                    &[],
+                    Duration::from_secs(3600),
+                )?;
                 print!("{}", guest.output);
                 eprintln!(
                     "xtask vm: Linux {}: exit status {}, {:.0} s",

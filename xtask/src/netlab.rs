@@ -8,7 +8,7 @@ use std::{
     fs,
     io::{BufRead as _, BufReader, Read, Write as _},
     net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     sync::{
         Arc, Mutex,
@@ -38,6 +38,8 @@ pub fn run_ip(args: &[&str]) {
 pub struct Netns {
     pub name: String,
     pub peer: Ipv4Addr,
+    /// The namespace's end of the veth pair (where the benchmark puts netem).
+    pub link: String,
 }
 
 impl Netns {
@@ -50,7 +52,11 @@ impl Netns {
         let (host_if, ns_if) = (format!("t{pid}h{n}"), format!("t{pid}n{n}"));
         let (host, peer) = (format!("10.213.{n}.1"), Ipv4Addr::new(10, 213, n as u8, 2));
         run_ip(&["netns", "add", &name]);
-        let netns = Netns { name, peer };
+        let netns = Netns {
+            name,
+            peer,
+            link: ns_if.clone(),
+        };
         run_ip(&[
             "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if,
         ]);
@@ -148,8 +154,10 @@ impl Server {
     }
 }
 
-/// `GET /BYTES` answers with BYTES zero bytes; `PUT` reads the body and
-/// records when its bytes arrived. Anything else is a 400.
+/// `GET /BYTES` answers with BYTES zero bytes, or the part a single
+/// `Range: bytes=FIRST-[LAST]` asks for (download managers split a file
+/// into ranges, one per connection); `PUT` reads the body and records when
+/// its bytes arrived. Anything else is a 400.
 fn serve_one(mut stream: TcpStream, uploads: &Mutex<Vec<Samples>>) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut request = String::new();
@@ -157,15 +165,18 @@ fn serve_one(mut stream: TcpStream, uploads: &Mutex<Vec<Samples>>) {
         return;
     }
     let mut length = 0u64;
+    let mut range = None;
     loop {
         let mut header = String::new();
         if reader.read_line(&mut header).unwrap_or(0) == 0 || header.trim().is_empty() {
             break;
         }
-        if let Some((name, value)) = header.split_once(':')
-            && name.eq_ignore_ascii_case("content-length")
-        {
-            length = value.trim().parse().unwrap_or(0);
+        if let Some((name, value)) = header.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse().unwrap_or(0);
+            } else if name.eq_ignore_ascii_case("range") {
+                range = Some(value.trim().to_string());
+            }
         }
     }
     let mut words = request.split_whitespace();
@@ -175,12 +186,35 @@ fn serve_one(mut stream: TcpStream, uploads: &Mutex<Vec<Samples>>) {
                 let _ = stream.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
                 return;
             };
-            let _ = write!(
-                stream,
-                "HTTP/1.1 200 OK\r\nContent-Length: {bytes}\r\nConnection: close\r\n\r\n"
-            );
+            let head = match range.as_deref().map(|r| byte_range(r, bytes)) {
+                None => write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {bytes}\r\nAccept-Ranges: bytes\r\n\
+                     Connection: close\r\n\r\n"
+                ),
+                Some(Some((first, last))) => write!(
+                    stream,
+                    "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\n\
+                     Content-Range: bytes {first}-{last}/{bytes}\r\nConnection: close\r\n\r\n",
+                    last - first + 1
+                ),
+                Some(None) => {
+                    let _ = write!(
+                        stream,
+                        "HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */{bytes}\r\n\
+                         Content-Length: 0\r\n\r\n"
+                    );
+                    return;
+                }
+            };
+            if head.is_err() {
+                return;
+            }
             let chunk = vec![0u8; 64 * 1024];
-            let mut left = bytes;
+            let mut left = match range.as_deref().and_then(|r| byte_range(r, bytes)) {
+                Some((first, last)) => last - first + 1,
+                None => bytes,
+            };
             while left > 0 {
                 let n = left.min(chunk.len() as u64) as usize;
                 if stream.write_all(&chunk[..n]).is_err() {
@@ -199,6 +233,18 @@ fn serve_one(mut stream: TcpStream, uploads: &Mutex<Vec<Samples>>) {
             let _ = stream.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
         }
     }
+}
+
+/// The inclusive byte range a `bytes=FIRST-[LAST]` header asks for in a
+/// body of `total` bytes, or None when it cannot be served.
+fn byte_range(header: &str, total: u64) -> Option<(u64, u64)> {
+    let (first, last) = header.strip_prefix("bytes=")?.split_once('-')?;
+    let first: u64 = first.trim().parse().ok()?;
+    let last = match last.trim() {
+        "" => total.checked_sub(1)?,
+        last => last.parse::<u64>().ok()?.min(total.checked_sub(1)?),
+    };
+    (first <= last).then_some((first, last))
 }
 
 /// When bytes arrived: (time since the first byte, total bytes so far).
@@ -293,6 +339,59 @@ pub fn measure_stdout(cmd: &mut Command, timeout: Duration) -> (Samples, Output)
     (reader.join().unwrap(), output)
 }
 
+/// Runs `cmd` for `run_for`, then stops it (SIGTERM, then SIGKILL after
+/// `grace`), noting every 20 ms how many bytes `file` holds: the progress of
+/// a download that writes a file, whether in order (curl) or by ranges
+/// (aria2c), as the receiver stored it.
+pub fn measure_file_growth(
+    cmd: &mut Command,
+    file: &Path,
+    run_for: Duration,
+    grace: Duration,
+) -> (Samples, Output) {
+    use std::os::unix::fs::MetadataExt as _;
+    // Nothing reads the pipes before the end: a quiet client and a
+    // one-line summary stay far below a pipe's capacity.
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting the download");
+    let started = Instant::now();
+    let mut samples = Samples::default();
+    let mut stopping = None;
+    loop {
+        let held = fs::metadata(file).map_or(0, |m| m.blocks() * 512);
+        if held > samples.total() {
+            let first = *samples.1.get_or_insert_with(Instant::now);
+            samples.0.push((first.elapsed(), held));
+        }
+        if child
+            .try_wait()
+            .expect("waiting for the download")
+            .is_some()
+        {
+            break;
+        }
+        match stopping {
+            None if started.elapsed() >= run_for => {
+                let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+                stopping = Some(Instant::now());
+            }
+            Some(since) if since.elapsed() >= grace => {
+                let _ = child.kill();
+            }
+            _ => {}
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    (
+        samples,
+        child.wait_with_output().expect("collecting output"),
+    )
+}
+
 /// Waits for `child`, killing it (and failing the test) if it outlives `timeout`.
 pub fn wait_with_timeout(mut child: Child, timeout: Duration) -> Output {
     let deadline = Instant::now() + timeout;
@@ -304,4 +403,22 @@ pub fn wait_with_timeout(mut child: Child, timeout: Duration) -> Output {
         thread::sleep(Duration::from_millis(20));
     }
     child.wait_with_output().unwrap()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::byte_range;
+
+    #[test]
+    fn serves_single_byte_ranges() {
+        assert_eq!(byte_range("bytes=0-", 10), Some((0, 9)));
+        assert_eq!(byte_range("bytes=2-5", 10), Some((2, 5)));
+        assert_eq!(byte_range("bytes=8-100", 10), Some((8, 9)));
+        assert_eq!(byte_range("bytes=10-", 10), None);
+        assert_eq!(byte_range("bytes=5-2", 10), None);
+        assert_eq!(byte_range("bytes=-5", 10), None);
+        assert_eq!(byte_range("bytes=0-1,4-5", 10), None);
+        assert_eq!(byte_range("items=0-1", 10), None);
+        assert_eq!(byte_range("bytes=0-", 0), None);
+    }
 }

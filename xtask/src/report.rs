@@ -33,6 +33,15 @@ pub enum Traffic {
     },
     /// One HTTP download with curl.
     Curl,
+    /// One HTTP download split into ranges over parallel connections, as
+    /// download managers do (aria2c -x N -s N). Stopped after the run's
+    /// time, or with `whole_file` run to its end: a file the limit delivers
+    /// in that time, whose connections finish their ranges at different
+    /// moments, as a user's download does.
+    Aria2 {
+        connections: u32,
+        whole_file: bool,
+    },
     /// UDP sent at twice the limit.
     Udp,
 }
@@ -80,6 +89,14 @@ impl Case {
             Traffic::Tcp { flows: 1 } => "TCP".to_string(),
             Traffic::Tcp { flows } => format!("TCP ×{flows}"),
             Traffic::Curl => "curl HTTP".to_string(),
+            Traffic::Aria2 {
+                connections,
+                whole_file: false,
+            } => format!("aria2c ×{connections}"),
+            Traffic::Aria2 {
+                connections,
+                whole_file: true,
+            } => format!("aria2c ×{connections} whole file"),
             Traffic::Udp => "UDP at 2× limit".to_string(),
         };
         let dir = match self.dir {
@@ -191,7 +208,7 @@ impl Row {
             misses.push("runs failed");
         }
         let case = &self.case;
-        let tcp = matches!(case.traffic, Traffic::Tcp { .. } | Traffic::Curl);
+        let tcp = case.traffic != Traffic::Udp;
         match (case.link, tcp) {
             (Link::Veth, true) => {
                 if !(0.95..=1.02).contains(&self.ratio) {
@@ -200,7 +217,7 @@ impl Row {
                 if self.waste > 0.10 {
                     misses.push("waste");
                 }
-                let single = !matches!(case.traffic, Traffic::Tcp { flows } if flows > 1);
+                let single = matches!(case.traffic, Traffic::Tcp { flows: 1 } | Traffic::Curl);
                 if single && case.limit >= 1 << 20 && self.cv.is_none_or(|cv| cv > 0.10) {
                     misses.push("CV");
                 }
@@ -269,34 +286,18 @@ pub fn rate(bytes_per_sec: f64) -> String {
     }
 }
 
-pub fn markdown(
-    rows: &[Row],
-    overhead: &Overhead,
-    plot: Option<&Path>,
-    secs: u32,
-    warmup: u32,
-    reps: usize,
-) -> String {
+/// What the columns of [`table`] mean.
+pub const LEGEND: &str = "\
+- achieved/limit: receiver bytes per second ÷ limit (bar: TCP on veth 0.95–1.02, UDP ≤ 1.02, lo 0.90–1.05)
+- waste: max(bytes throttle dropped, sender TcpRetransSegs × MSS) ÷ bytes delivered (bar: ≤ 10 % for TCP on veth)
+- CV: coefficient of variation of the per-second receive rate (bar: ≤ 0.10 for one TCP flow or curl at ≥ 1 MiB/s)
+- CPU: user + system seconds of the client side (limiter and iperf3, curl or aria2c)
+
+";
+
+/// The rows as a markdown table, and which of them miss throttle's bars.
+pub fn table(rows: &[Row]) -> String {
     let mut out = String::new();
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let _ = writeln!(out, "# throttle benchmark\n");
-    let _ = writeln!(
-        out,
-        "Kernel {}; {} CPUs. Each row is the median of {reps} runs of {secs} s measured after a \
-         warm-up of {warmup} s (waste counts the warm-up too); the no-limiter TCP and curl runs do not \
-         depend on the limit and are measured once per kind of case. veth: MTU 1500 into a network namespace; \
-         lo: loopback. Every contender runs the same iperf3 or curl command with the same limit \
-         on both directions.\n",
-        kernel.trim(),
-        std::thread::available_parallelism().map_or(0, |n| n.get())
-    );
-    let _ = writeln!(
-        out,
-        "- achieved/limit: receiver bytes per second ÷ limit (bar: TCP on veth 0.95–1.02, UDP ≤ 1.02, lo 0.90–1.05)\n\
-         - waste: max(bytes throttle dropped, sender TcpRetransSegs × MSS) ÷ bytes delivered (bar: ≤ 10 % for TCP on veth)\n\
-         - CV: coefficient of variation of the per-second receive rate (bar: ≤ 0.10 for one TCP flow at ≥ 1 MiB/s)\n\
-         - CPU: user + system seconds of the client side (limiter and iperf3/curl)\n"
-    );
     let _ = writeln!(
         out,
         "| case | contender | achieved/limit | waste | CV | CPU s | throttle's bar |"
@@ -333,6 +334,32 @@ pub fn markdown(
     if !missed.is_empty() {
         let _ = writeln!(out, "Missed: {}.", missed.join("; "));
     }
+    out
+}
+
+pub fn markdown(
+    rows: &[Row],
+    overhead: &Overhead,
+    plot: Option<&Path>,
+    secs: u32,
+    warmup: u32,
+    reps: usize,
+) -> String {
+    let mut out = String::new();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let _ = writeln!(out, "# throttle benchmark\n");
+    let _ = writeln!(
+        out,
+        "Kernel {}; {} CPUs. Each row is the median of {reps} runs of {secs} s measured after a \
+         warm-up of {warmup} s (waste counts the warm-up too); the no-limiter TCP and curl runs do not \
+         depend on the limit and are measured once per kind of case. veth: MTU 1500 into a network namespace; \
+         lo: loopback. Every contender runs the same iperf3 or curl command with the same limit \
+         on both directions.\n",
+        kernel.trim(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    out.push_str(LEGEND);
+    out.push_str(&table(rows));
     let _ = writeln!(out, "\n## Overhead\n");
     let _ = writeln!(
         out,

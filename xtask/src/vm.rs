@@ -28,8 +28,8 @@ pub const CACHE: &str = "/var/lib/throttle-lab";
 /// The kernels the lab boots, by the label `--kernel` takes.
 pub const KERNELS: [&str; 2] = ["6.1", "6.12"];
 
-/// The longest a guest may run before it is stopped.
-const GUEST_LIMIT: Duration = Duration::from_secs(1500);
+/// The longest a test guest may run before it is stopped.
+const TEST_LIMIT: Duration = Duration::from_secs(1500);
 
 /// What a guest run gave back.
 pub struct Guest {
@@ -103,8 +103,15 @@ fn quote(word: &str) -> String {
 }
 
 /// Boots kernel `label`, runs `command` as root inside (from `cwd`, under a
-/// reaping subreaper) and returns its exit status and output.
-pub fn run(label: &str, command: &[String], cwd: &Path) -> Result<Guest> {
+/// reaping subreaper, with `writable` shared writable) and returns its exit
+/// status and output; stops the guest after `limit`.
+pub fn run(
+    label: &str,
+    command: &[String],
+    cwd: &Path,
+    writable: &[PathBuf],
+    limit: Duration,
+) -> Result<Guest> {
     let image = kernel_image(label)?;
     let vng = Path::new(CACHE).join("venv/bin/vng");
     if !vng.exists() {
@@ -157,6 +164,11 @@ pub fn run(label: &str, command: &[String], cwd: &Path) -> Result<Guest> {
     }
     vm.args(["--cpus", "2", "-m", "2G", "-v", "-a", "loglevel=1"])
         .arg(format!("--rwdir={}", shared.display()))
+        .args(
+            writable
+                .iter()
+                .map(|dir| format!("--rwdir={}", dir.display())),
+        )
         .arg("--")
         .arg(&script_path)
         .stdin(Stdio::null())
@@ -166,7 +178,7 @@ pub fn run(label: &str, command: &[String], cwd: &Path) -> Result<Guest> {
     let child = vm
         .spawn()
         .with_context(|| format!("starting {}", vng.display()))?;
-    let console = crate::netlab::wait_with_timeout(child, GUEST_LIMIT);
+    let console = crate::netlab::wait_with_timeout(child, limit);
     let took = started.elapsed();
     let output = fs::read_to_string(&log).unwrap_or_else(|_| {
         format!(
@@ -235,7 +247,13 @@ pub fn test(root: &Path, kernels: &[&str]) -> Result<()> {
             filters = GUEST_TESTS.join(" "),
             skips = GUEST_SKIPS.map(|s| format!("--skip {s}")).join(" "),
         );
-        let guest = run(label, &["sh".into(), "-c".into(), script], root)?;
+        let guest = run(
+            label,
+            &["sh".into(), "-c".into(), script],
+            root,
+            &[],
+            TEST_LIMIT,
+        )?;
         println!("===== Linux {} ({label})\n{}", guest.kernel, guest.output);
         let doctor = guest.output.contains("doctor exit 0");
         let result = guest

@@ -1,0 +1,504 @@
+//! `cargo xtask bench --rtt`: throttle, trickle and no limiter at the round
+//! trips users see (0, 20 and 80 ms), with cubic and BBR senders, inside a
+//! Debian 6.12 guest of the kernel lab: netem is a module this machine's
+//! kernel lacks, and the guest is a kernel users run.
+//!
+//! The host boots the guest and runs `xtask bench --rtt-guest` in it, which
+//! writes `rtt.md` into the output directory (shared writable with the
+//! guest); the host prints it.
+
+use std::{
+    fmt::Write as _,
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+
+use crate::{
+    bench::{Bench, KIB, Lab, MIB, Plan},
+    report::{self, Case, Contender, Dir, Link, Measurement, Row, Traffic},
+    vm,
+};
+
+pub struct Options {
+    pub quick: bool,
+    /// Only the rows whose case (e.g. "aria2c ×8 down 1 MiB/s") contains it.
+    pub filter: Option<String>,
+    pub reps: usize,
+    pub throttle: PathBuf,
+    pub out: PathBuf,
+}
+
+/// The kernel the RTT benchmark runs under.
+const KERNEL: &str = "6.12";
+
+const ARIA2: Traffic = Traffic::Aria2 {
+    connections: 8,
+    whole_file: false,
+};
+const ARIA2_WHOLE: Traffic = Traffic::Aria2 {
+    connections: 8,
+    whole_file: true,
+};
+
+/// What one benchmark measures: every client at every limit, under every
+/// round trip and sender.
+struct Matrix {
+    /// Milliseconds of netem delay; 0 is the bare veth.
+    rtts: Vec<u32>,
+    /// Congestion control of the senders (both namespaces).
+    senders: Vec<&'static str>,
+    limits: Vec<u64>,
+    clients: Vec<(Traffic, Dir)>,
+    secs: u32,
+    warmup: u32,
+}
+
+impl Matrix {
+    fn new(quick: bool) -> Matrix {
+        if quick {
+            return Matrix {
+                rtts: vec![20],
+                senders: vec!["cubic"],
+                limits: vec![MIB],
+                clients: vec![
+                    (Traffic::Tcp { flows: 1 }, Dir::Down),
+                    (Traffic::Curl, Dir::Down),
+                    (ARIA2_WHOLE, Dir::Down),
+                ],
+                // Eight seconds at 1 MiB/s: a whole file of eight 1 MiB pieces.
+                secs: 6,
+                warmup: 2,
+            };
+        }
+        Matrix {
+            rtts: vec![0, 20, 80],
+            senders: vec!["cubic", "bbr"],
+            limits: vec![8 * KIB, 64 * KIB, MIB, 8 * MIB],
+            clients: vec![
+                (Traffic::Tcp { flows: 1 }, Dir::Down),
+                (Traffic::Tcp { flows: 8 }, Dir::Down),
+                (Traffic::Tcp { flows: 1 }, Dir::Up),
+                (Traffic::Tcp { flows: 8 }, Dir::Up),
+                (Traffic::Curl, Dir::Down),
+                (ARIA2, Dir::Down),
+                (ARIA2_WHOLE, Dir::Down),
+            ],
+            // Slow start at 80 ms takes about a second to reach 8 MiB/s.
+            secs: 6,
+            warmup: 2,
+        }
+    }
+
+    /// Client runs in all: per setting, each client once without a limiter
+    /// and once per limit with throttle and with trickle.
+    fn runs(&self, reps: usize) -> usize {
+        self.rtts.len()
+            * self.senders.len()
+            * self.clients.len()
+            * (1 + 2 * self.limits.len())
+            * reps
+    }
+}
+
+/// Host side: boots the 6.12 guest, runs the benchmark there and returns
+/// the report.
+pub fn run(root: &Path, options: &Options) -> Result<String> {
+    fs::create_dir_all(&options.out)
+        .with_context(|| format!("creating {}", options.out.display()))?;
+    let report = options.out.join("rtt.md");
+    let _ = fs::remove_file(&report);
+    let xtask = std::env::current_exe().context("finding the xtask binary")?;
+    let mut command: Vec<String> = [
+        xtask.to_string_lossy().as_ref(),
+        "bench",
+        "--rtt-guest",
+        "--reps",
+        &options.reps.to_string(),
+        "--throttle",
+        options.throttle.to_string_lossy().as_ref(),
+        "--out",
+        options.out.to_string_lossy().as_ref(),
+    ]
+    .map(String::from)
+    .to_vec();
+    if options.quick {
+        command.push("--quick".into());
+    }
+    if let Some(filter) = &options.filter {
+        command.extend(["--filter".into(), filter.clone()]);
+    }
+    let matrix = Matrix::new(options.quick);
+    // Each run takes its seconds plus start-up under emulation; a failed
+    // run takes less.
+    let per_run = u64::from(matrix.secs + matrix.warmup) + 20;
+    let limit = Duration::from_secs(matrix.runs(options.reps) as u64 * per_run + 600);
+    eprintln!(
+        "bench --rtt: {} runs in Linux {KERNEL} under qemu (at most {} min)",
+        matrix.runs(options.reps),
+        limit.as_secs() / 60
+    );
+    let guest = vm::run(
+        KERNEL,
+        &command,
+        root,
+        std::slice::from_ref(&options.out),
+        limit,
+    )?;
+    eprint!("{}", guest.output);
+    ensure!(
+        guest.status == Some(0),
+        "the RTT benchmark failed in Linux {} (exit status {:?}); its output is above",
+        guest.kernel,
+        guest.status
+    );
+    fs::read_to_string(&report).with_context(|| format!("reading {}", report.display()))
+}
+
+/// One netem delay and sender, and what was measured under it.
+struct Section {
+    rtt: u32,
+    ping: Result<f64, String>,
+    sender: &'static str,
+    ceilings: Vec<(Case, Row)>,
+    rows: Vec<Row>,
+}
+
+/// Guest side: measures the matrix and writes `rtt.md` into `out`.
+pub fn run_inside(options: &Options) -> Result<()> {
+    ensure!(
+        nix::unistd::Uid::effective().is_root(),
+        "the benchmark creates network namespaces and cgroups: run it as root"
+    );
+    crate::bench::check_tools(&["iperf3", "trickle", "curl", "aria2c", "ping", "tc"])?;
+    let matrix = Matrix::new(options.quick);
+    let plan = Plan {
+        cases: Vec::new(),
+        reps: options.reps,
+        secs: matrix.secs,
+        warmup: matrix.warmup,
+        overhead_runs: 0,
+        plot: false,
+    };
+    let lab = Lab::new()?;
+    let bench = Bench {
+        lab: &lab,
+        throttle: &options.throttle,
+        plan: &plan,
+    };
+    let _sender = SenderGuard::new()?;
+    let mut sections = Vec::new();
+    for &rtt in &matrix.rtts {
+        set_delay(&lab.netns.name, &lab.netns.link, rtt)?;
+        let ping = ping(&lab.netns.peer.to_string()).map_err(|e| format!("{e:#}"));
+        for &sender in &matrix.senders {
+            set_sender(&lab.netns.name, sender)?;
+            let mut section = Section {
+                rtt,
+                ping: ping.clone(),
+                sender,
+                ceilings: Vec::new(),
+                rows: Vec::new(),
+            };
+            eprintln!("== {rtt} ms ({}), {sender}", ping_label(&section.ping));
+            for &(traffic, dir) in &matrix.clients {
+                let wanted = |limit| {
+                    let case = Case::new(Link::Veth, traffic, dir, limit);
+                    options
+                        .filter
+                        .as_ref()
+                        .is_none_or(|f| case.label().contains(f.as_str()))
+                };
+                if !matrix.limits.iter().any(|&l| wanted(l)) {
+                    continue;
+                }
+                // Without a limiter the limit only sizes the download.
+                let case = Case::new(Link::Veth, traffic, dir, 0);
+                let runs = repeat(&bench, &case, Contender::Bare, plan.reps);
+                // Against a limit of 1 byte/s, a row's ratio is the rate itself.
+                let ceiling = Row::new(Case { limit: 1, ..case }, Contender::Bare, &runs);
+                eprintln!(
+                    "{} no limiter: {}",
+                    label(&case),
+                    report::rate(ceiling.ratio)
+                );
+                section.ceilings.push((case, ceiling));
+                for limit in matrix.limits.iter().copied().filter(|&l| wanted(l)) {
+                    let case = Case::new(Link::Veth, traffic, dir, limit);
+                    for contender in [Contender::Throttle, Contender::Trickle] {
+                        let runs = repeat(&bench, &case, contender, plan.reps);
+                        let row = Row::new(case, contender, &runs);
+                        eprintln!("{}", row.progress_line());
+                        section.rows.push(row);
+                    }
+                }
+            }
+            sections.push(section);
+        }
+    }
+    set_delay(&lab.netns.name, &lab.netns.link, 0)?;
+    let text = markdown(&matrix, &sections, plan.reps);
+    let path = options.out.join("rtt.md");
+    fs::write(&path, &text).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+fn repeat(
+    bench: &Bench,
+    case: &Case,
+    contender: Contender,
+    reps: usize,
+) -> Vec<Result<Measurement, String>> {
+    (0..reps)
+        .map(|_| bench.measure(case, contender).map_err(|e| format!("{e:#}")))
+        .collect()
+}
+
+/// The case without its limit: the client and direction.
+fn label(case: &Case) -> String {
+    let full = Case { limit: 0, ..*case }.label();
+    full.trim_start_matches("veth ")
+        .trim_end_matches(" 0 KiB/s")
+        .to_string()
+}
+
+fn ping_label(ping: &Result<f64, String>) -> String {
+    match ping {
+        Ok(ms) => format!("ping {ms:.1} ms"),
+        Err(why) => format!("ping failed: {why}"),
+    }
+}
+
+/// Puts `rtt_ms` of netem delay on the namespace's side of the veth (the
+/// servers' side), or none for 0. netem delays what the servers send:
+/// data for downloads, acknowledgements for uploads.
+fn set_delay(netns: &str, link: &str, rtt_ms: u32) -> Result<()> {
+    let mut tc = Command::new("tc");
+    tc.args(["-n", netns, "qdisc"]);
+    if rtt_ms == 0 {
+        // No qdisc to delete is fine: the veth is bare already.
+        tc.args(["del", "dev", link, "root"]);
+        let _ = tc.output().context("running tc")?;
+        return Ok(());
+    }
+    // A limit of packets well above the bandwidth-delay product, so that
+    // netem itself never drops.
+    let out = tc
+        .args(["replace", "dev", link, "root", "netem", "delay"])
+        .arg(format!("{rtt_ms}ms"))
+        .args(["limit", "100000"])
+        .output()
+        .context("running tc")?;
+    ensure!(
+        out.status.success(),
+        "tc qdisc replace dev {link} root netem delay {rtt_ms}ms: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
+}
+
+const CONGESTION_CONTROL: &str = "net.ipv4.tcp_congestion_control";
+
+/// Sets the congestion control of both namespaces' senders: the servers'
+/// for downloads, this namespace's for uploads.
+fn set_sender(netns: &str, algorithm: &str) -> Result<()> {
+    let setting = format!("{CONGESTION_CONTROL}={algorithm}");
+    let mut servers = Command::new("ip");
+    servers.args(["netns", "exec", netns, "sysctl", "-qw", &setting]);
+    let mut clients = Command::new("sysctl");
+    clients.args(["-qw", &setting]);
+    for mut sysctl in [servers, clients] {
+        let out = sysctl.output().context("running sysctl")?;
+        ensure!(
+            out.status.success(),
+            "sysctl -w {setting}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Puts back this namespace's congestion control when the benchmark ends,
+/// however it ends.
+struct SenderGuard(String);
+
+impl SenderGuard {
+    fn new() -> Result<SenderGuard> {
+        let path = Path::new("/proc/sys").join(CONGESTION_CONTROL.replace('.', "/"));
+        let current =
+            fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        Ok(SenderGuard(current.trim().to_string()))
+    }
+}
+
+impl Drop for SenderGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("sysctl")
+            .args(["-qw", &format!("{CONGESTION_CONTROL}={}", self.0)])
+            .status();
+    }
+}
+
+/// The average round trip of five pings to `addr`, in milliseconds.
+fn ping(addr: &str) -> Result<f64> {
+    let out = Command::new("ping")
+        .args(["-q", "-c", "5", "-i", "0.2", "-W", "2", addr])
+        .output()
+        .context("running ping")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ping_average(&text).with_context(|| format!("ping {addr} gave no round trip: {}", text.trim()))
+}
+
+/// The average of ping's "rtt min/avg/max/mdev = 20.1/20.3/20.6/0.1 ms".
+fn ping_average(summary: &str) -> Option<f64> {
+    let line = summary.lines().find(|l| l.contains("min/avg/max"))?;
+    let values = line.split('=').nth(1)?.trim();
+    values.split('/').nth(1)?.trim().parse().ok()
+}
+
+fn markdown(matrix: &Matrix, sections: &[Section], reps: usize) -> String {
+    let mut out = String::new();
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let _ = writeln!(out, "# throttle at real round-trip times\n");
+    let _ = writeln!(
+        out,
+        "Linux {} in the kernel lab (qemu{}), {} CPUs. A veth pair (MTU 1500) into a network \
+         namespace whose servers (iperf3, and an HTTP server that honours Range requests) \
+         send through netem's delay; both namespaces' senders use the congestion control \
+         named. Each row is the median of {reps} run(s) of {} s measured after a warm-up of \
+         {} s (waste counts the warm-up too); curl and aria2c download a file larger than the \
+         limit allows in that time and are stopped at its end. trickle rows say so where \
+         trickle cannot run the client.\n",
+        kernel.trim(),
+        if vm::kvm_usable() {
+            " with KVM"
+        } else {
+            ", emulated: no KVM for this kernel here"
+        },
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        matrix.secs,
+        matrix.warmup,
+    );
+    out.push_str(report::LEGEND);
+    let _ = writeln!(out, "## throttle, achieved/limit and waste\n");
+    let mut head = "| case |".to_string();
+    let mut rule = "|---|".to_string();
+    for s in sections {
+        let _ = write!(head, " {} ms {} |", s.rtt, s.sender);
+        rule.push_str("---:|");
+    }
+    let _ = writeln!(out, "{head}\n{rule}");
+    let first = sections.first().map_or(&[][..], |s| &s.rows[..]);
+    for row in first.iter().filter(|r| r.contender == Contender::Throttle) {
+        let mut line = format!("| {} |", row.case.label());
+        for s in sections {
+            let cell = s
+                .rows
+                .iter()
+                .find(|r| {
+                    r.contender == Contender::Throttle
+                        && r.case.traffic == row.case.traffic
+                        && r.case.dir == row.case.dir
+                        && r.case.limit == row.case.limit
+                })
+                .map_or("–".to_string(), summary_cell);
+            let _ = write!(line, " {cell} |");
+        }
+        let _ = writeln!(out, "{line}");
+    }
+    let _ = writeln!(
+        out,
+        "\nA cell is achieved/limit, then waste; \"failed\" when no run succeeded (the \
+         section below says why).\n"
+    );
+    for s in sections {
+        let _ = writeln!(
+            out,
+            "## {} ms netem ({}), {} senders\n",
+            s.rtt,
+            ping_label(&s.ping),
+            s.sender
+        );
+        let _ = writeln!(
+            out,
+            "Without a limiter (the ceiling under emulation):\n\n| client | rate | waste | CV |\n|---|---:|---:|---:|"
+        );
+        for (case, ceiling) in &s.ceilings {
+            let rate = if ceiling.failed == reps {
+                format!(
+                    "failed: {}",
+                    ceiling.failure.as_deref().unwrap_or("no run succeeded")
+                )
+            } else {
+                report::rate(ceiling.ratio)
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {rate} | {:.1} % | {} |",
+                label(case),
+                ceiling.waste * 100.0,
+                ceiling.cv.map_or("–".to_string(), |c| format!("{c:.3}"))
+            );
+        }
+        out.push('\n');
+        out.push_str(&report::table(&s.rows));
+        out.push('\n');
+    }
+    out
+}
+
+fn summary_cell(row: &Row) -> String {
+    if row.ratio.is_nan() {
+        return "failed".to_string();
+    }
+    format!("{:.2} / {:.0} %", row.ratio, row.waste * 100.0)
+}
+
+/// Refuses to run the guest side outside a guest of the lab unless asked:
+/// it changes the machine's default congestion control while it runs.
+pub fn in_guest() -> bool {
+    fs::read_to_string("/proc/cmdline").is_ok_and(|c| c.contains("virtme"))
+}
+
+pub fn refuse_outside_guest() -> Result<()> {
+    if !in_guest() {
+        bail!(
+            "--rtt-guest runs inside the kernel lab's guest; use cargo xtask bench --rtt, which boots it"
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_average_round_trip() {
+        let out = "--- 10.213.1.2 ping statistics ---\n\
+                   5 packets transmitted, 5 received, 0% packet loss, time 801ms\n\
+                   rtt min/avg/max/mdev = 20.112/20.348/20.610/0.180 ms\n";
+        assert_eq!(ping_average(out), Some(20.348));
+        assert_eq!(ping_average("5 packets transmitted, 0 received"), None);
+    }
+
+    #[test]
+    fn matrices_cover_what_the_issue_names() {
+        let full = Matrix::new(false);
+        assert_eq!(full.rtts, [0, 20, 80]);
+        assert_eq!(full.senders, ["cubic", "bbr"]);
+        assert_eq!(full.limits.len(), 4);
+        assert_eq!(full.clients.len(), 7);
+        assert_eq!(full.runs(1), 3 * 2 * 7 * 9);
+        assert!(Matrix::new(true).runs(1) <= 9);
+    }
+
+    #[test]
+    fn labels_drop_link_and_limit() {
+        let case = Case::new(Link::Veth, ARIA2_WHOLE, Dir::Down, MIB);
+        assert_eq!(label(&case), "aria2c ×8 whole file down");
+    }
+}
