@@ -4,6 +4,7 @@
 //! the kernel and in host unit tests.
 #![no_std]
 
+pub mod fairness;
 pub mod packet;
 pub mod policer;
 pub mod sockets;

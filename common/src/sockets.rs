@@ -6,10 +6,6 @@
 /// smoothed RTT in microseconds shifted left by three.
 const SRTT_SHIFT: u32 = 3;
 
-/// How many round trips of the download limit the receive window holds.
-/// One would stall the flow as soon as the RTT grows past the handshake's.
-pub const WINDOW_RTTS: u64 = 4;
-
 /// Smallest receive window the clamp sets: a few full-size segments, so a
 /// low-RTT link (where rate × RTT is a few hundred bytes) still gets a
 /// window that keeps the ACK clock running.
@@ -19,29 +15,124 @@ pub const MIN_WINDOW: u64 = 4 * 1024;
 /// the kernel's own ceiling (65535 << 14) rounded up, so it clamps nothing.
 pub const MAX_WINDOW: u64 = 1 << 30;
 
-/// The receive window for a download limited to `rate` bytes/s on a socket
-/// whose scaled smoothed RTT is `srtt_scaled` and whose segments carry up
-/// to `mss` bytes; [`MAX_WINDOW`] when the direction is unlimited, which
-/// undoes an earlier clamp.
+/// [`window_gain`] and [`drained`] count in 256ths.
+pub const UNIT: u64 = 256;
+
+/// The receive window for a download whose share is `rate` bytes/s, on a
+/// socket whose scaled smoothed RTT is `srtt_scaled` and whose segments
+/// carry up to `mss` bytes: `gain` (in 256ths, see [`window_gain`]) times
+/// one round trip of the share; [`MAX_WINDOW`] when the direction is
+/// unlimited, which undoes an earlier clamp.
+///
+/// A window of one round trip of the share carries exactly the share, and
+/// a sender can have at most one window in flight: the window, not the
+/// policer, holds the rate, so the policer rarely drops (one drop of a
+/// GRO-merged packet on ingress loses dozens of segments). The RTT is the
+/// receiver's estimate, mostly from the handshake; the gain corrects it.
 ///
 /// Never less than two segments: a window smaller than one segment makes
 /// the sender wait for the persist timer (on loopback, whose MSS is 64 KiB,
 /// a 4 KiB window held a 1 MiB/s download to 20 KB/s).
-///
-/// A sender can have at most one window in flight, so a window of a few
-/// RTTs of the limit caps how much it can send into an empty bucket: when
-/// the policer does drop, it drops a few segments instead of a whole
-/// congestion window of 64 KiB GSO packets.
 #[inline(always)]
-pub fn receive_window(rate: u64, srtt_scaled: u32, mss: u32) -> u32 {
+pub fn receive_window(rate: u64, srtt_scaled: u32, mss: u32, gain: u64) -> u32 {
     if rate == 0 {
         return MAX_WINDOW as u32;
     }
     let floor = (2 * u64::from(mss)).max(MIN_WINDOW);
     let srtt_us = u64::from(srtt_scaled >> SRTT_SHIFT);
-    // rate ≤ 2^34 and srtt_us < 2^29, so the product stays below 2^63.
-    let window = WINDOW_RTTS * rate / 1_000 * srtt_us / 1_000;
+    let gain = if gain > MAX_GAIN { MAX_GAIN } else { gain };
+    // rate ≤ 2^34, srtt_us < 2^29 and gain ≤ 2^10, so the product stays
+    // below 2^63.
+    let window = rate / 1_000 * srtt_us / 1_000 * gain / UNIT;
     window.clamp(floor.min(MAX_WINDOW), MAX_WINDOW) as u32
+}
+
+/// The largest [`window_gain`]: four round trips of the share.
+pub const MAX_GAIN: u64 = 4 * UNIT;
+
+/// How far a direction runs ahead of its limit, in 256ths of its burst
+/// tolerance: 0 while the whole burst is in credit (`tat` not after `now`),
+/// [`UNIT`] when the next packet would be dropped.
+#[inline(always)]
+pub fn drained(tat: u64, now: u64, tolerance_ns: u64) -> u64 {
+    let ahead = tat.saturating_sub(now);
+    let step = tolerance_ns / UNIT;
+    if step == 0 || ahead >= tolerance_ns {
+        return UNIT;
+    }
+    let d = ahead / step;
+    if d > UNIT { UNIT } else { d }
+}
+
+/// The gain on the download windows, in 256ths, from how drained the
+/// direction's bucket is: 2^(2 − 4·drained), so 4× with the whole burst in
+/// credit, 1× at half, ¼× at empty (2^−f between powers is taken as
+/// 1 − f/2, which keeps it monotonic).
+///
+/// This closes a loop through the policer: if the windows carry more than
+/// the limit, the bucket drains and every window shrinks; if less (the RTT
+/// estimate is high, or some connections are idle), credit builds up and
+/// they grow. The bucket settles where the windows carry exactly the limit,
+/// with half its burst in hand, so the policer has no cause to drop.
+/// Exponential, so the loop reacts the same at every operating point: its
+/// time constant is about a third of the burst (83 ms with the default
+/// 250 ms), slow enough for an 80 ms round trip not to make it ring.
+#[inline(always)]
+pub fn window_gain(drained: u64) -> u64 {
+    let x = 4 * if drained > UNIT { UNIT } else { drained };
+    let (whole, frac) = (x / UNIT, x % UNIT);
+    (MAX_GAIN >> whole) * (2 * UNIT - frac) / (2 * UNIT)
+}
+
+/// How long a period of download activity lasts: a connection that
+/// received data in this period or the last counts as active. Connections
+/// that finish or go idle hand their share on within two periods.
+pub const EPOCH_NS: u64 = 200_000_000;
+
+/// A period's tally of the connections that received bulk data in it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// `now / EPOCH_NS` of the period counted.
+    pub epoch: u64,
+    pub flows: u64,
+}
+
+/// Which of the two tallies a period uses.
+#[inline(always)]
+pub fn tally_slot(epoch: u64) -> u32 {
+    (epoch & 1) as u32
+}
+
+/// How many connections are receiving now: the larger of the current
+/// period's tally (still filling) and the last one's; 0 when neither is
+/// recent.
+#[inline(always)]
+pub fn active_flows(epoch: u64, tallies: [Tally; 2]) -> u64 {
+    let mut flows = 0;
+    for t in tallies {
+        if (t.epoch == epoch || t.epoch.wrapping_add(1) == epoch) && t.flows > flows {
+            flows = t.flows;
+        }
+    }
+    flows
+}
+
+/// What a download socket last reported: the period it was counted in and
+/// how many bytes it had received.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Seen {
+    pub epoch: u64,
+    pub received: u64,
+}
+
+/// Whether a socket that has received `received` bytes, and was `last`
+/// seen, is to be counted in `epoch`'s tally: it is a bulk flow, received
+/// something since, and is not counted in this period yet.
+#[inline(always)]
+pub fn counts_in(epoch: u64, last: Seen, received: u64) -> bool {
+    is_bulk(received) && received > last.received && last.epoch != epoch
 }
 
 /// Bytes a connection must have moved (either way) before it counts as one
@@ -57,10 +148,11 @@ pub fn is_bulk(bytes: u64) -> bool {
     bytes > BULK
 }
 
-/// One connection's share of a direction's `rate` when `flows` bulk
-/// connections are established (0 before the first one is): an equal split,
-/// but never below an eighth of the limit (a bulk connection may have gone
-/// idle, and the policer still caps the sum); unlimited stays unlimited.
+/// One connection's share of a direction's `rate` when `flows` connections
+/// move bulk data that way (0 before the first one does): an equal split,
+/// but never below an eighth of the limit (a counted connection may have
+/// gone idle, and the policer still caps the sum); unlimited stays
+/// unlimited.
 #[inline(always)]
 pub fn share(rate: u64, flows: u64) -> u64 {
     // A count beyond any real number of connections is a counter that
@@ -98,25 +190,77 @@ mod tests {
 
     #[test]
     fn unlimited_means_no_clamp_and_no_pacing() {
-        assert_eq!(u64::from(receive_window(0, 8 * 50_000, 1448)), MAX_WINDOW);
+        assert_eq!(
+            u64::from(receive_window(0, 8 * 50_000, 1448, UNIT)),
+            MAX_WINDOW
+        );
         assert_eq!(pacing_rate(0), u32::MAX);
     }
 
     #[test]
-    fn window_is_a_few_round_trips_of_the_limit() {
-        // 1 MiB/s at 50 ms: 4 × 52 KB.
-        let w = receive_window(MIB, 8 * 50_000, 1448);
-        assert!((200_000..=210_000).contains(&w), "{w}");
+    fn window_is_the_gain_times_one_round_trip_of_the_share() {
+        // 1 MiB/s at 50 ms: 52 KB at 1×, 4 × that at most.
+        let w = receive_window(MIB, 8 * 50_000, 1448, UNIT);
+        assert!((51_000..=53_000).contains(&w), "{w}");
+        let w = receive_window(MIB, 8 * 50_000, 1448, 100 * UNIT);
+        assert!((204_000..=212_000).contains(&w), "{w}");
     }
 
     #[test]
     fn low_rtt_gets_the_minimum_window() {
-        assert_eq!(u64::from(receive_window(MIB, 8 * 40, 1448)), MIN_WINDOW);
+        assert_eq!(
+            u64::from(receive_window(MIB, 8 * 40, 1448, MAX_GAIN)),
+            MIN_WINDOW
+        );
     }
 
     #[test]
     fn window_holds_two_segments_of_a_large_mss() {
-        assert_eq!(receive_window(MIB, 8 * 40, 65483), 2 * 65483);
+        assert_eq!(receive_window(MIB, 8 * 40, 65483, UNIT), 2 * 65483);
+    }
+
+    #[test]
+    fn gain_falls_from_four_to_a_quarter_as_the_bucket_drains() {
+        assert_eq!(window_gain(0), 4 * UNIT);
+        assert_eq!(window_gain(UNIT / 4), 2 * UNIT);
+        assert_eq!(window_gain(UNIT / 2), UNIT);
+        assert_eq!(window_gain(UNIT), UNIT / 4);
+        assert_eq!(window_gain(u64::MAX), UNIT / 4);
+        let gains: [u64; 257] = core::array::from_fn(|d| window_gain(d as u64));
+        assert!(gains.windows(2).all(|w| w[1] <= w[0]), "{gains:?}");
+    }
+
+    #[test]
+    fn drained_measures_the_credit_used() {
+        let tolerance = 250_000_000;
+        assert_eq!(drained(0, 1_000, tolerance), 0);
+        assert_eq!(drained(1_000 + tolerance / 2, 1_000, tolerance), UNIT / 2);
+        assert_eq!(drained(1_000 + tolerance, 1_000, tolerance), UNIT);
+        assert_eq!(drained(u64::MAX, 0, tolerance), UNIT);
+        assert_eq!(drained(u64::MAX, 0, u64::MAX), UNIT);
+        assert_eq!(drained(10, 0, 100), UNIT);
+    }
+
+    #[test]
+    fn active_flows_are_the_recent_tallies() {
+        let t = |epoch, flows| Tally { epoch, flows };
+        assert_eq!(active_flows(10, [t(10, 2), t(9, 5)]), 5);
+        assert_eq!(active_flows(10, [t(10, 6), t(9, 5)]), 6);
+        assert_eq!(active_flows(11, [t(10, 6), t(9, 5)]), 6);
+        assert_eq!(active_flows(12, [t(10, 6), t(9, 5)]), 0);
+        assert_eq!(active_flows(0, [Tally::default(); 2]), 0);
+    }
+
+    #[test]
+    fn a_socket_counts_once_a_period_while_it_receives() {
+        let seen = Seen {
+            epoch: 4,
+            received: 100_000,
+        };
+        assert!(counts_in(5, seen, 101_000));
+        assert!(!counts_in(4, seen, 101_000));
+        assert!(!counts_in(5, seen, 100_000));
+        assert!(!counts_in(5, Seen::default(), BULK));
     }
 
     #[test]
@@ -140,7 +284,7 @@ mod tests {
 
     #[test]
     fn extreme_values_saturate() {
-        let top = receive_window(crate::policer::MAX_RATE, u32::MAX, u32::MAX);
+        let top = receive_window(crate::policer::MAX_RATE, u32::MAX, u32::MAX, u64::MAX);
         assert_eq!(u64::from(top), MAX_WINDOW);
         assert_eq!(pacing_rate(crate::policer::MAX_RATE), u32::MAX);
         assert_eq!(pacing_rate(u64::from(u32::MAX) - 1), u32::MAX - 1);

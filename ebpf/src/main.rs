@@ -19,20 +19,23 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use aya_ebpf::{
     bindings::{
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_HDR_OPT_LEN_CB,
-        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_RETRANS_CB_FLAG,
-        BPF_SOCK_OPS_RTO_CB_FLAG, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
-        BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG, BPF_TCP_ESTABLISHED,
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_RETRANS_CB_FLAG, BPF_SOCK_OPS_STATE_CB,
+        BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG, BPF_TCP_ESTABLISHED,
     },
-    helpers::{bpf_ktime_get_ns, bpf_setsockopt},
+    helpers::{bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_setsockopt},
     macros::{cgroup_skb, map, sock_ops},
-    maps::{Array, PerCpuArray},
+    maps::{Array, LruHashMap, PerCpuArray},
     programs::{SkBuffContext, SockOpsContext},
 };
 use throttle_common::{
     Counters, DIRECTIONS, DOWN, Limit, UP,
+    fairness::police_fairly,
     packet::{IPPROTO_TCP, ip_header_len, layout, tcp_without_payload},
-    policer::{Step, police},
-    sockets::{is_bulk, pacing_rate, receive_window, share},
+    policer::{Step, police, transmit_ns},
+    sockets::{
+        EPOCH_NS, Seen, Tally, active_flows, counts_in, drained, is_bulk, pacing_rate,
+        receive_window, share, tally_slot, window_gain,
+    },
 };
 
 #[map(name = "LIMITS")]
@@ -48,11 +51,29 @@ static CLOCK: Array<u64> = Array::with_max_entries(DIRECTIONS, 0);
 #[map(name = "SOCKETS")]
 static SOCKETS: Array<u32> = Array::with_max_entries(1, 0);
 
-/// Per direction: how many of the cgroup's established TCP connections
-/// carry bulk data that way (see `throttle_common::sockets::BULK`); the
-/// socket hooks give each its share of that direction's limit.
+/// How many of the cgroup's established TCP connections have sent bulk
+/// data (see `throttle_common::sockets::BULK`); the socket hooks give each
+/// its share of the upload limit.
 #[map(name = "FLOWS")]
-static FLOWS: Array<u64> = Array::with_max_entries(DIRECTIONS, 0);
+static FLOWS: Array<u64> = Array::with_max_entries(1, 0);
+
+/// The download connections that received data in the current and the
+/// last period (see `throttle_common::sockets::Tally`): only they share the
+/// download limit, so a connection that finished its range or waits hands
+/// its share to the busy ones.
+#[map(name = "TALLIES")]
+static TALLIES: Array<Tally> = Array::with_max_entries(2, 0);
+
+/// Per socket (by cookie), when it was last counted in a tally. An LRU map,
+/// so closed sockets need no removal: a socket evicted while alive is
+/// counted afresh with its next segment.
+#[map(name = "SEEN")]
+static SEEN: LruHashMap<u64, Seen> = LruHashMap::with_max_entries(4096, 0);
+
+/// Per download socket (by cookie), its clock at its share of the limit
+/// (see `throttle_common::fairness`). An LRU map, like SEEN.
+#[map(name = "FAIR")]
+static FAIR: LruHashMap<u64, u64> = LruHashMap::with_max_entries(4096, 0);
 
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(DIRECTIONS, 0);
@@ -93,48 +114,75 @@ pub fn throttle_socks(ctx: SockOpsContext) -> u32 {
         let _ = ctx.set_cb_flags(flags as i32);
         tune(&ctx);
     } else if op == BPF_SOCK_OPS_HDR_OPT_LEN_CB {
-        count_if_bulk(&ctx);
+        // SAFETY: the helper has no preconditions.
+        count_if_bulk(&ctx, unsafe { bpf_ktime_get_ns() });
         tune(&ctx);
     } else if op == BPF_SOCK_OPS_STATE_CB
         && ctx.arg(0) == BPF_TCP_ESTABLISHED
         && ctx.arg(1) != BPF_TCP_ESTABLISHED
+        && ctx.cb_flags() & COUNTED != 0
     {
-        let flags = ctx.cb_flags();
-        for (direction, mark) in COUNTED {
-            if flags & mark != 0 {
-                count_flow(direction, u64::MAX); // minus one, wrapping
-            }
-        }
+        count_flow(u64::MAX); // minus one, wrapping
     }
     1
 }
 
-/// Per direction, the per-socket mark of a connection counted in FLOWS. A
-/// socket has no other storage here, so the marks are callback flags whose
-/// callbacks (retransmission timeout, retransmission) are rare and ignored.
-const COUNTED: [(u32, u32); 2] = [
-    (DOWN, BPF_SOCK_OPS_RTO_CB_FLAG),
-    (UP, BPF_SOCK_OPS_RETRANS_CB_FLAG),
-];
+/// The per-socket mark of a connection counted in FLOWS. A socket has no
+/// other storage here, so the mark is a callback flag whose callback
+/// (retransmission) is rare and ignored.
+const COUNTED: u32 = BPF_SOCK_OPS_RETRANS_CB_FLAG;
 
-/// Counts the connection in a direction's FLOWS once it has moved bulk data
-/// that way, so control connections, idle keep-alives and a download's
-/// ACK stream do not take a share of the limit.
+/// Counts the connection in FLOWS once it has sent bulk data, so control
+/// connections, idle keep-alives and a download's ACK stream do not take a
+/// share of the upload limit; and in the current period's download tally
+/// while it receives.
 #[inline(always)]
-fn count_if_bulk(ctx: &SockOpsContext) {
+fn count_if_bulk(ctx: &SockOpsContext, now: u64) {
     // SAFETY: ctx.ops is the kernel's bpf_sock_ops for this call.
     let (received, acked) = unsafe { ((*ctx.ops).bytes_received, (*ctx.ops).bytes_acked) };
-    for ((direction, mark), moved) in COUNTED.into_iter().zip([received, acked]) {
-        let flags = ctx.cb_flags();
-        if flags & mark == 0 && is_bulk(moved) && ctx.set_cb_flags((flags | mark) as i32).is_ok() {
-            count_flow(direction, 1);
+    let flags = ctx.cb_flags();
+    if flags & COUNTED == 0 && is_bulk(acked) && ctx.set_cb_flags((flags | COUNTED) as i32).is_ok()
+    {
+        count_flow(1);
+    }
+    if !is_bulk(received) {
+        return;
+    }
+    // SAFETY: the helper only reads the socket behind the context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
+    let epoch = now / EPOCH_NS;
+    // SAFETY: the value is copied out before the map can change it.
+    let last = unsafe { SEEN.get(&cookie) }.copied().unwrap_or_default();
+    if !counts_in(epoch, last, received) {
+        if received > last.received {
+            let _ = SEEN.insert(
+                &cookie,
+                &Seen {
+                    epoch: last.epoch,
+                    received,
+                },
+                0,
+            );
+        }
+        return;
+    }
+    let _ = SEEN.insert(&cookie, &Seen { epoch, received }, 0);
+    if let Some(tally) = TALLIES.get_ptr_mut(tally_slot(epoch)) {
+        // SAFETY: points into the map value, which outlives the program.
+        // The first socket of a period resets the slot; two CPUs doing so
+        // at once may lose one count, which only errs for a period.
+        unsafe {
+            if core::ptr::read_volatile(&(*tally).epoch) != epoch {
+                core::ptr::write_volatile(tally, Tally { epoch, flows: 0 });
+            }
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&mut (*tally).flows, 1);
         }
     }
 }
 
 #[inline(always)]
-fn count_flow(direction: u32, delta: u64) {
-    if let Some(flows) = FLOWS.get_ptr_mut(direction) {
+fn count_flow(delta: u64) {
+    if let Some(flows) = FLOWS.get_ptr_mut(0) {
         // SAFETY: points into the map value, which outlives the program.
         unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(flows, delta) };
     }
@@ -153,15 +201,22 @@ fn tune(ctx: &SockOpsContext) {
     let (Some(down), Some(up)) = (LIMITS.get(DOWN), LIMITS.get(UP)) else {
         return;
     };
-    let flows = |direction| FLOWS.get(direction).copied().unwrap_or(0);
     // SAFETY: ctx.ops is the kernel's bpf_sock_ops for this call; the
     // options point to locals of the size passed. Failures only mean the
     // socket keeps its current setting; the policer still holds the limit.
     unsafe {
+        let now = bpf_ktime_get_ns();
+        let tat = CLOCK.get(DOWN).copied().unwrap_or(0);
+        let tolerance = if down.rate == 0 {
+            0
+        } else {
+            transmit_ns(down.burst, down.rate)
+        };
         let mut window = receive_window(
-            share(down.rate, flows(DOWN)),
+            share(down.rate, receiving(now)),
             (*ctx.ops).srtt_us,
             (*ctx.ops).mss_cache,
+            window_gain(drained(tat, now, tolerance)),
         ) as i32;
         bpf_setsockopt(
             ctx.ops.cast(),
@@ -170,7 +225,8 @@ fn tune(ctx: &SockOpsContext) {
             (&mut window as *mut i32).cast(),
             4,
         );
-        let mut pacing = pacing_rate(share(up.rate, flows(UP)));
+        let flows = FLOWS.get(0).copied().unwrap_or(0);
+        let mut pacing = pacing_rate(share(up.rate, flows));
         bpf_setsockopt(
             ctx.ops.cast(),
             SOL_SOCKET,
@@ -179,6 +235,13 @@ fn tune(ctx: &SockOpsContext) {
             4,
         );
     }
+}
+
+/// How many download connections are receiving data now.
+#[inline(always)]
+fn receiving(now: u64) -> u64 {
+    let tally = |slot| TALLIES.get(slot).copied().unwrap_or_default();
+    active_flows(now / EPOCH_NS, [tally(0), tally(1)])
 }
 
 #[inline(always)]
@@ -198,10 +261,21 @@ fn admit(ctx: &SkBuffContext, direction: u32) -> bool {
     // as the program; the helper has no preconditions.
     unsafe {
         let now = bpf_ktime_get_ns();
+        let tat = core::ptr::read_volatile(clock);
         let step = if exempt {
             Step::Unlimited
+        } else if direction == DOWN && limit.rate != 0 {
+            // SAFETY: the helper only reads the socket the packet is for.
+            let cookie = bpf_get_socket_cookie(ctx.skb.skb.cast());
+            let own = FAIR.get(&cookie).copied().unwrap_or(0);
+            let verdict =
+                police_fairly(tat, own, now, len, limit, share(limit.rate, receiving(now)));
+            if verdict.connection != own {
+                let _ = FAIR.insert(&cookie, &verdict.connection, 0);
+            }
+            verdict.run
         } else {
-            police(core::ptr::read_volatile(clock), now, len, limit)
+            police(tat, now, len, limit)
         };
         match step {
             // Only after an idle gap; a racing CPU's packet may be forgotten, which

@@ -9,7 +9,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-pub use crate::netlab::{MIB, Netns, Samples, measure_stdout, wait_with_timeout};
+pub use crate::netlab::{
+    MIB, Netns, Samples, measure_file_growth, measure_stdout, wait_with_timeout,
+};
 
 pub const THROTTLE: &str = env!("CARGO_BIN_EXE_throttle");
 
