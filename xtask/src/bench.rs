@@ -61,6 +61,14 @@ fn full_plan() -> Plan {
             cases.push(Case::new(Link::Veth, Traffic::Udp, dir, limit));
         }
     }
+    // What users of fast links throttle big parallel transfers to.
+    for limit in [512 * MIB, 1024 * MIB] {
+        for dir in [Dir::Down, Dir::Up] {
+            for flows in [1, 8] {
+                cases.push(Case::new(Link::Veth, Traffic::Tcp { flows }, dir, limit));
+            }
+        }
+    }
     for limit in [MIB, 16 * MIB, 128 * MIB] {
         for dir in [Dir::Down, Dir::Up] {
             cases.push(Case::new(
@@ -180,6 +188,7 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
             &crate::rtt::Options {
                 quick: false,
                 filter: None,
+                throttle_only: false,
                 reps: options.reps,
                 throttle: throttle.clone(),
                 out: options.out.clone(),
@@ -476,6 +485,27 @@ impl Bench<'_> {
             .map(|(secs, bytes, _)| *bytes as f64 / secs)
             .collect();
         let delivered = intervals.iter().map(|i| i.1).sum();
+        // Each flow's received bytes: the client's streams for a download,
+        // the server's for an upload.
+        let streams = match case.dir {
+            Dir::Down => json["end"]["streams"].as_array().map(|s| {
+                s.iter()
+                    .map(|s| &s["receiver"]["bytes"])
+                    .collect::<Vec<_>>()
+            }),
+            Dir::Up => json["server_output_json"]["end"]["streams"]
+                .as_array()
+                .map(|s| {
+                    s.iter()
+                        .map(|s| &s["receiver"]["bytes"])
+                        .collect::<Vec<_>>()
+                }),
+        };
+        let per_flow: Vec<f64> = streams
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|b| b.as_f64())
+            .collect();
         Ok(Measurement {
             achieved,
             delivered,
@@ -483,6 +513,7 @@ impl Bench<'_> {
             retransmitted_bytes: cost.retransmitted_bytes,
             per_second,
             cpu: cost.cpu,
+            fairness: report::jain(&per_flow),
         })
     }
 
@@ -580,6 +611,7 @@ impl Bench<'_> {
             retransmitted_bytes: cost.retransmitted_bytes,
             per_second,
             cpu: cost.cpu,
+            fairness: None,
         })
     }
 
@@ -704,7 +736,7 @@ mod tests {
     #[test]
     fn plans_cover_the_matrix() {
         let full = full_plan();
-        assert_eq!(full.cases.len(), 4 * 7 + 3 * 2);
+        assert_eq!(full.cases.len(), 4 * 7 + 2 * 4 + 3 * 2);
         assert!(full.reps >= 3 && full.secs >= 8);
         assert_eq!(quick_plan().cases.len(), 2);
     }

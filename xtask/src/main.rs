@@ -70,6 +70,9 @@ enum Task {
         /// With --rtt: only the rows whose case contains TEXT, e.g. "aria2c" or "down 1 MiB/s"
         #[arg(long, value_name = "TEXT")]
         filter: Option<String>,
+        /// With --rtt: leave trickle and no limiter out, for quicker runs while working on the limiter
+        #[arg(long)]
+        throttle_only: bool,
         /// The round-trip section's own side, inside the guest
         #[arg(long, hide = true)]
         rtt_guest: bool,
@@ -128,11 +131,14 @@ fn main() -> Result<()> {
             rtt,
             reps,
             filter,
+            throttle_only,
             rtt_guest,
         } => {
             let out = out.unwrap_or_else(|| root.join("target/bench"));
-            if filter.is_some() && !rtt && !rtt_guest {
-                bail!("--filter applies to the round-trip benchmark only: add --rtt");
+            if (filter.is_some() || throttle_only) && !rtt && !rtt_guest {
+                bail!(
+                    "--filter and --throttle-only apply to the round-trip benchmark only: add --rtt"
+                );
             }
             if rtt_guest {
                 rtt::refuse_outside_guest()?;
@@ -140,6 +146,7 @@ fn main() -> Result<()> {
                 return rtt::run_inside(&rtt::Options {
                     quick,
                     filter,
+                    throttle_only,
                     reps,
                     throttle,
                     out,
@@ -155,6 +162,7 @@ fn main() -> Result<()> {
                     &rtt::Options {
                         quick,
                         filter,
+                        throttle_only,
                         reps,
                         throttle,
                         out,

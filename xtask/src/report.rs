@@ -126,6 +126,16 @@ pub struct Measurement {
     pub per_second: Vec<f64>,
     /// CPU seconds of the client side (limiter and program).
     pub cpu: f64,
+    /// Jain's fairness index of the bytes each flow received, for several
+    /// iperf3 flows: 1 when they are equal, 1/n when one took everything.
+    pub fairness: Option<f64>,
+}
+
+/// Jain's fairness index of `amounts`: (Σx)² / (n·Σx²).
+pub fn jain(amounts: &[f64]) -> Option<f64> {
+    let sum: f64 = amounts.iter().sum();
+    let squares: f64 = amounts.iter().map(|x| x * x).sum();
+    (amounts.len() > 1 && squares > 0.0).then(|| sum * sum / (amounts.len() as f64 * squares))
 }
 
 impl Measurement {
@@ -178,6 +188,7 @@ pub struct Row {
     pub waste: f64,
     pub cv: Option<f64>,
     pub cpu: f64,
+    pub fairness: Option<f64>,
 }
 
 impl Row {
@@ -186,6 +197,7 @@ impl Row {
         let failure = results.iter().filter_map(|r| r.clone().err()).next_back();
         let of = |f: &dyn Fn(&Measurement) -> f64| median(&runs.iter().map(f).collect::<Vec<_>>());
         let cvs: Vec<f64> = runs.iter().filter_map(Measurement::cv).collect();
+        let fairness: Vec<f64> = runs.iter().filter_map(|m| m.fairness).collect();
         Row {
             case,
             contender,
@@ -195,6 +207,7 @@ impl Row {
             waste: of(&Measurement::waste),
             cv: (!cvs.is_empty()).then(|| median(&cvs)),
             cpu: of(&|m| m.cpu),
+            fairness: (!fairness.is_empty()).then(|| median(&fairness)),
         }
     }
 
@@ -291,6 +304,7 @@ pub const LEGEND: &str = "\
 - achieved/limit: receiver bytes per second ÷ limit (bar: TCP on veth 0.95–1.02, UDP ≤ 1.02, lo 0.90–1.05)
 - waste: max(bytes throttle dropped, sender TcpRetransSegs × MSS) ÷ bytes delivered (bar: ≤ 10 % for TCP on veth)
 - CV: coefficient of variation of the per-second receive rate (bar: ≤ 0.10 for one TCP flow or curl at ≥ 1 MiB/s)
+- fairness: Jain's index of the bytes each of several iperf3 flows received (1: equal; 1/n: one took all)
 - CPU: user + system seconds of the client side (limiter and iperf3, curl or aria2c)
 
 ";
@@ -300,18 +314,19 @@ pub fn table(rows: &[Row]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "| case | contender | achieved/limit | waste | CV | CPU s | throttle's bar |"
+        "| case | contender | achieved/limit | waste | CV | fairness | CPU s | throttle's bar |"
     );
-    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---|");
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---|");
     for row in rows {
         let _ = writeln!(
             out,
-            "| {} | {} | {:.3} | {:.1} % | {} | {:.2} | {} |",
+            "| {} | {} | {:.3} | {:.1} % | {} | {} | {:.2} | {} |",
             row.case.label(),
             row.contender.label(),
             row.ratio,
             row.waste * 100.0,
             row.cv.map_or("–".to_string(), |c| format!("{c:.3}")),
+            row.fairness.map_or("–".to_string(), |f| format!("{f:.3}")),
             row.cpu,
             row.verdict()
         );
@@ -418,7 +433,16 @@ mod tests {
             retransmitted_bytes: 80,
             per_second,
             cpu: 0.0,
+            fairness: None,
         }
+    }
+
+    #[test]
+    fn jain_index_is_one_for_equal_flows_and_one_over_n_for_a_monopoly() {
+        assert_eq!(jain(&[3.0, 3.0, 3.0, 3.0]), Some(1.0));
+        assert_eq!(jain(&[8.0, 0.0, 0.0, 0.0]), Some(0.25));
+        assert_eq!(jain(&[5.0]), None);
+        assert_eq!(jain(&[0.0, 0.0]), None);
     }
 
     #[test]

@@ -27,6 +27,9 @@ pub struct Options {
     pub quick: bool,
     /// Only the rows whose case (e.g. "aria2c ×8 down 1 MiB/s") contains it.
     pub filter: Option<String>,
+    /// Leave trickle and the no-limiter ceiling out (a quicker run while
+    /// working on the limiter).
+    pub throttle_only: bool,
     pub reps: usize,
     pub throttle: PathBuf,
     pub out: PathBuf,
@@ -131,6 +134,9 @@ pub fn run(root: &Path, options: &Options) -> Result<String> {
     if let Some(filter) = &options.filter {
         command.extend(["--filter".into(), filter.clone()]);
     }
+    if options.throttle_only {
+        command.push("--throttle-only".into());
+    }
     let matrix = Matrix::new(options.quick);
     // Each run takes its seconds plus start-up under emulation; a failed
     // run takes less.
@@ -149,13 +155,19 @@ pub fn run(root: &Path, options: &Options) -> Result<String> {
         limit,
     )?;
     eprint!("{}", guest.output);
+    let text = fs::read_to_string(&report).with_context(|| format!("reading {}", report.display()));
     ensure!(
         guest.status == Some(0),
-        "the RTT benchmark failed in Linux {} (exit status {:?}); its output is above",
+        "the RTT benchmark failed in Linux {} (exit status {:?}); its output is above{}",
         guest.kernel,
-        guest.status
+        guest.status,
+        if text.is_ok() {
+            format!(", and what it measured is in {}", report.display())
+        } else {
+            String::new()
+        }
     );
-    fs::read_to_string(&report).with_context(|| format!("reading {}", report.display()))
+    text
 }
 
 /// One netem delay and sender, and what was measured under it.
@@ -217,18 +229,25 @@ pub fn run_inside(options: &Options) -> Result<()> {
                 }
                 // Without a limiter the limit only sizes the download.
                 let case = Case::new(Link::Veth, traffic, dir, 0);
-                let runs = repeat(&bench, &case, Contender::Bare, plan.reps);
-                // Against a limit of 1 byte/s, a row's ratio is the rate itself.
-                let ceiling = Row::new(Case { limit: 1, ..case }, Contender::Bare, &runs);
-                eprintln!(
-                    "{} no limiter: {}",
-                    label(&case),
-                    report::rate(ceiling.ratio)
-                );
-                section.ceilings.push((case, ceiling));
+                if !options.throttle_only {
+                    let runs = repeat(&bench, &case, Contender::Bare, plan.reps);
+                    // Against a limit of 1 byte/s, a row's ratio is the rate itself.
+                    let ceiling = Row::new(Case { limit: 1, ..case }, Contender::Bare, &runs);
+                    eprintln!(
+                        "{} no limiter: {}",
+                        label(&case),
+                        report::rate(ceiling.ratio)
+                    );
+                    section.ceilings.push((case, ceiling));
+                }
                 for limit in matrix.limits.iter().copied().filter(|&l| wanted(l)) {
                     let case = Case::new(Link::Veth, traffic, dir, limit);
-                    for contender in [Contender::Throttle, Contender::Trickle] {
+                    let contenders = if options.throttle_only {
+                        &[Contender::Throttle][..]
+                    } else {
+                        &[Contender::Throttle, Contender::Trickle][..]
+                    };
+                    for &contender in contenders {
                         let runs = repeat(&bench, &case, contender, plan.reps);
                         let row = Row::new(case, contender, &runs);
                         eprintln!("{}", row.progress_line());
@@ -237,13 +256,14 @@ pub fn run_inside(options: &Options) -> Result<()> {
                 }
             }
             sections.push(section);
+            // Written after every setting, so a guest that dies keeps what
+            // it measured (the report says how much that is).
+            let text = markdown(&matrix, &sections, plan.reps, options.throttle_only);
+            let path = options.out.join("rtt.md");
+            fs::write(&path, &text).with_context(|| format!("writing {}", path.display()))?;
         }
     }
-    set_delay(&lab.netns.name, &lab.netns.link, 0)?;
-    let text = markdown(&matrix, &sections, plan.reps);
-    let path = options.out.join("rtt.md");
-    fs::write(&path, &text).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    set_delay(&lab.netns.name, &lab.netns.link, 0)
 }
 
 fn repeat(
@@ -359,10 +379,18 @@ fn ping_average(summary: &str) -> Option<f64> {
     values.split('/').nth(1)?.trim().parse().ok()
 }
 
-fn markdown(matrix: &Matrix, sections: &[Section], reps: usize) -> String {
+fn markdown(matrix: &Matrix, sections: &[Section], reps: usize, throttle_only: bool) -> String {
     let mut out = String::new();
     let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let _ = writeln!(out, "# throttle at real round-trip times\n");
+    let settings = matrix.rtts.len() * matrix.senders.len();
+    if sections.len() < settings {
+        let _ = writeln!(
+            out,
+            "**Incomplete: {} of {settings} round-trip and sender settings measured.**\n",
+            sections.len()
+        );
+    }
     let _ = writeln!(
         out,
         "Linux {} in the kernel lab (qemu{}), {} CPUs. A veth pair (MTU 1500) into a network \
@@ -370,8 +398,7 @@ fn markdown(matrix: &Matrix, sections: &[Section], reps: usize) -> String {
          send through netem's delay; both namespaces' senders use the congestion control \
          named. Each row is the median of {reps} run(s) of {} s measured after a warm-up of \
          {} s (waste counts the warm-up too); curl and aria2c download a file larger than the \
-         limit allows in that time and are stopped at its end. trickle rows say so where \
-         trickle cannot run the client.\n",
+         limit allows in that time and are stopped at its end. {}\n",
         kernel.trim(),
         if vm::kvm_usable() {
             " with KVM"
@@ -381,6 +408,11 @@ fn markdown(matrix: &Matrix, sections: &[Section], reps: usize) -> String {
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         matrix.secs,
         matrix.warmup,
+        if throttle_only {
+            "trickle and the runs without a limiter were left out (--throttle-only)."
+        } else {
+            "trickle rows say so where trickle cannot run the client."
+        }
     );
     out.push_str(report::LEGEND);
     let _ = writeln!(out, "## throttle, achieved/limit and waste\n");
@@ -422,30 +454,37 @@ fn markdown(matrix: &Matrix, sections: &[Section], reps: usize) -> String {
             ping_label(&s.ping),
             s.sender
         );
-        let _ = writeln!(
-            out,
-            "Without a limiter (the ceiling under emulation):\n\n| client | rate | waste | CV |\n|---|---:|---:|---:|"
-        );
-        for (case, ceiling) in &s.ceilings {
-            let rate = if ceiling.failed == reps {
-                format!(
-                    "failed: {}",
-                    ceiling.failure.as_deref().unwrap_or("no run succeeded")
-                )
-            } else {
-                report::rate(ceiling.ratio)
-            };
-            let _ = writeln!(
-                out,
-                "| {} | {rate} | {:.1} % | {} |",
-                label(case),
-                ceiling.waste * 100.0,
-                ceiling.cv.map_or("–".to_string(), |c| format!("{c:.3}"))
-            );
+        if !s.ceilings.is_empty() {
+            out.push_str(&ceiling_table(&s.ceilings, reps));
         }
         out.push('\n');
         out.push_str(&report::table(&s.rows));
         out.push('\n');
+    }
+    out
+}
+
+/// The runs without a limiter: what the emulated link carries.
+fn ceiling_table(ceilings: &[(Case, Row)], reps: usize) -> String {
+    let mut out = "Without a limiter (the ceiling under emulation):\n\n\
+                   | client | rate | waste | CV |\n|---|---:|---:|---:|\n"
+        .to_string();
+    for (case, ceiling) in ceilings {
+        let rate = if ceiling.failed == reps {
+            format!(
+                "failed: {}",
+                ceiling.failure.as_deref().unwrap_or("no run succeeded")
+            )
+        } else {
+            report::rate(ceiling.ratio)
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {rate} | {:.1} % | {} |",
+            label(case),
+            ceiling.waste * 100.0,
+            ceiling.cv.map_or("–".to_string(), |c| format!("{c:.3}"))
+        );
     }
     out
 }

@@ -180,16 +180,24 @@ pub fn run(
         .with_context(|| format!("starting {}", vng.display()))?;
     let console = crate::netlab::wait_with_timeout(child, limit);
     let took = started.elapsed();
-    let output = fs::read_to_string(&log).unwrap_or_else(|_| {
-        format!(
-            "(the guest wrote no log; its console:)\n{}{}",
-            String::from_utf8_lossy(&console.stdout),
-            String::from_utf8_lossy(&console.stderr)
-        )
-    });
     let status = fs::read_to_string(&status)
         .ok()
         .and_then(|s| s.trim().parse().ok());
+    let mut output = fs::read_to_string(&log).unwrap_or_default();
+    if status.is_none() {
+        // The guest ended before the command did: its kernel log says why.
+        let console = format!(
+            "{}{}",
+            String::from_utf8_lossy(&console.stdout),
+            String::from_utf8_lossy(&console.stderr)
+        );
+        let tail: Vec<&str> = console.lines().rev().take(60).collect();
+        output.push_str("\n(the guest ended before the command; the end of its console:)\n");
+        for line in tail.into_iter().rev() {
+            output.push_str(line);
+            output.push('\n');
+        }
+    }
     let _ = fs::remove_dir_all(&shared);
     Ok(Guest {
         kernel: image
