@@ -439,9 +439,10 @@ impl Bench<'_> {
             }
             _ => {}
         }
-        let (output, cost) = self.costed(case, || {
-            cmd.stdin(Stdio::null()).output().context("running iperf3")
-        })?;
+        // iperf3 ends itself after -t seconds, but a run whose control
+        // connection starves may never end: every run is bounded.
+        let bound = Duration::from_secs(u64::from(4 * (self.plan.secs + self.plan.warmup)) + 30);
+        let (output, cost) = self.costed(case, || output_within(&mut cmd, bound))?;
         let output = output?;
         let json: Value = serde_json::from_slice(&output.stdout).with_context(|| {
             format!(
@@ -685,6 +686,59 @@ impl Bench<'_> {
             .map(|t| (t.as_secs_f64(), samples.rate_between(t - step, t)))
             .collect())
     }
+}
+
+/// Runs `cmd` to its end, or stops it (SIGTERM, then SIGKILL 5 s later)
+/// after `bound` and fails.
+fn output_within(cmd: &mut Command, bound: Duration) -> Result<std::process::Output> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {cmd:?}"))?;
+    // Read both pipes while waiting: iperf3's JSON outgrows a pipe.
+    let (mut out, mut err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let out = thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut out, &mut buf);
+        buf
+    });
+    let err = thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut err, &mut buf);
+        buf
+    });
+    let started = Instant::now();
+    let mut stopped = None;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        match stopped {
+            None if started.elapsed() > bound => {
+                let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+                stopped = Some(Instant::now());
+            }
+            Some(at) if at.elapsed() > Duration::from_secs(5) => {
+                let _ = child.kill();
+            }
+            _ => {}
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    let output = std::process::Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    };
+    ensure!(
+        stopped.is_none(),
+        "still running after {} s, stopped",
+        bound.as_secs()
+    );
+    Ok(output)
 }
 
 struct Cost {
