@@ -112,11 +112,13 @@ pub fn throttle_socks(ctx: SockOpsContext) -> u32 {
         let flags =
             ctx.cb_flags() | BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG | BPF_SOCK_OPS_STATE_CB_FLAG;
         let _ = ctx.set_cb_flags(flags as i32);
-        tune(&ctx);
+        // SAFETY: the helper has no preconditions.
+        tune(&ctx, unsafe { bpf_ktime_get_ns() });
     } else if op == BPF_SOCK_OPS_HDR_OPT_LEN_CB {
         // SAFETY: the helper has no preconditions.
-        count_if_bulk(&ctx, unsafe { bpf_ktime_get_ns() });
-        tune(&ctx);
+        let now = unsafe { bpf_ktime_get_ns() };
+        count_if_bulk(&ctx, now);
+        tune(&ctx, now);
     } else if op == BPF_SOCK_OPS_STATE_CB
         && ctx.arg(0) == BPF_TCP_ESTABLISHED
         && ctx.arg(1) != BPF_TCP_ESTABLISHED
@@ -194,7 +196,7 @@ const SOL_TCP: i32 = 6;
 const TCP_WINDOW_CLAMP: i32 = 10;
 
 #[inline(always)]
-fn tune(ctx: &SockOpsContext) {
+fn tune(ctx: &SockOpsContext, now: u64) {
     if SOCKETS.get(0).copied().unwrap_or(0) == 0 {
         return;
     }
@@ -205,7 +207,6 @@ fn tune(ctx: &SockOpsContext) {
     // options point to locals of the size passed. Failures only mean the
     // socket keeps its current setting; the policer still holds the limit.
     unsafe {
-        let now = bpf_ktime_get_ns();
         let tat = CLOCK.get(DOWN).copied().unwrap_or(0);
         let tolerance = if down.rate == 0 {
             0

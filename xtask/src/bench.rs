@@ -20,7 +20,7 @@ use nix::sys::resource::{UsageWho, getrusage};
 use serde_json::Value;
 
 use crate::{
-    netlab::{Netns, measure_file_growth, measure_stdout},
+    netlab::{Netns, Stopper, measure_file_growth, measure_stdout},
     plot,
     report::{self, Case, Contender, Dir, Link, Measurement, Traffic},
 };
@@ -709,23 +709,12 @@ fn output_within(cmd: &mut Command, bound: Duration) -> Result<std::process::Out
         let _ = std::io::Read::read_to_end(&mut err, &mut buf);
         buf
     });
-    let started = Instant::now();
-    let mut stopped = None;
+    let mut stop = Stopper::new(bound, Duration::from_secs(5));
     let status = loop {
         if let Some(status) = child.try_wait()? {
             break status;
         }
-        match stopped {
-            None if started.elapsed() > bound => {
-                let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-                stopped = Some(Instant::now());
-            }
-            Some(at) if at.elapsed() > Duration::from_secs(5) => {
-                let _ = child.kill();
-            }
-            _ => {}
-        }
+        stop.check(&mut child);
         thread::sleep(Duration::from_millis(50));
     };
     let output = std::process::Output {
@@ -734,7 +723,7 @@ fn output_within(cmd: &mut Command, bound: Duration) -> Result<std::process::Out
         stderr: err.join().unwrap_or_default(),
     };
     ensure!(
-        stopped.is_none(),
+        !stop.stopped(),
         "still running after {} s, stopped",
         bound.as_secs()
     );

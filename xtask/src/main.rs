@@ -140,35 +140,25 @@ fn main() -> Result<()> {
                     "--filter and --throttle-only apply to the round-trip benchmark only: add --rtt"
                 );
             }
-            if rtt_guest {
-                rtt::refuse_outside_guest()?;
-                let throttle = throttle.context("--rtt-guest needs --throttle")?;
-                return rtt::run_inside(&rtt::Options {
+            let throttle = match throttle {
+                Some(path) => path,
+                None if rtt_guest => bail!("--rtt-guest needs --throttle"),
+                None => demo::build_release(&root)?,
+            };
+            if rtt || rtt_guest {
+                let options = rtt::Options {
                     quick,
                     filter,
                     throttle_only,
                     reps,
                     throttle,
                     out,
-                });
-            }
-            let throttle = match throttle {
-                Some(path) => path,
-                None => demo::build_release(&root)?,
-            };
-            if rtt {
-                let text = rtt::run(
-                    &root,
-                    &rtt::Options {
-                        quick,
-                        filter,
-                        throttle_only,
-                        reps,
-                        throttle,
-                        out,
-                    },
-                )?;
-                print!("{text}");
+                };
+                if rtt_guest {
+                    rtt::refuse_outside_guest()?;
+                    return rtt::run_inside(&options);
+                }
+                print!("{}", rtt::run(&root, &options)?);
                 return Ok(());
             }
             bench::run(

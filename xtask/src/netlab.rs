@@ -357,9 +357,8 @@ pub fn measure_file_growth(
         .stderr(Stdio::piped())
         .spawn()
         .expect("starting the download");
-    let started = Instant::now();
+    let mut stop = Stopper::new(run_for, grace);
     let mut samples = Samples::default();
-    let mut stopping = None;
     loop {
         let held = fs::metadata(file).map_or(0, |m| m.blocks() * 512);
         if held > samples.total() {
@@ -373,23 +372,54 @@ pub fn measure_file_growth(
         {
             break;
         }
-        match stopping {
-            None if started.elapsed() >= run_for => {
-                let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-                stopping = Some(Instant::now());
-            }
-            Some(since) if since.elapsed() >= grace => {
-                let _ = child.kill();
-            }
-            _ => {}
-        }
+        stop.check(&mut child);
         thread::sleep(Duration::from_millis(20));
     }
     (
         samples,
         child.wait_with_output().expect("collecting output"),
     )
+}
+
+/// Stops a child that outlives its time: SIGTERM once `after` has passed
+/// (throttle forwards it and still prints its summary), SIGKILL `grace`
+/// later.
+pub struct Stopper {
+    started: Instant,
+    after: Duration,
+    grace: Duration,
+    signalled: Option<Instant>,
+}
+
+impl Stopper {
+    pub fn new(after: Duration, grace: Duration) -> Stopper {
+        Stopper {
+            started: Instant::now(),
+            after,
+            grace,
+            signalled: None,
+        }
+    }
+
+    /// Called while waiting for `child`: signals it when its time is up.
+    pub fn check(&mut self, child: &mut Child) {
+        match self.signalled {
+            None if self.started.elapsed() >= self.after => {
+                let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+                self.signalled = Some(Instant::now());
+            }
+            Some(since) if since.elapsed() >= self.grace => {
+                let _ = child.kill();
+            }
+            _ => {}
+        }
+    }
+
+    /// Whether the child had to be told to stop.
+    pub fn stopped(&self) -> bool {
+        self.signalled.is_some()
+    }
 }
 
 /// Waits for `child`, killing it (and failing the test) if it outlives `timeout`.

@@ -498,7 +498,7 @@ fn summary_cell(row: &Row) -> String {
 
 /// Refuses to run the guest side outside a guest of the lab unless asked:
 /// it changes the machine's default congestion control while it runs.
-pub fn in_guest() -> bool {
+fn in_guest() -> bool {
     fs::read_to_string("/proc/cmdline").is_ok_and(|c| c.contains("virtme"))
 }
 
