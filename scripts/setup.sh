@@ -44,6 +44,14 @@ if ! rustup component list --toolchain nightly --installed | grep -q '^rust-src'
     rustup component add rust-src --toolchain nightly
 fi
 
+# .ci/run holds the house rules with rustfmt and clippy.
+for component in rustfmt clippy; do
+    if ! rustup component list --installed | grep -q "^$component"; then
+        log "adding $component"
+        rustup component add "$component"
+    fi
+done
+
 if ! command -v bpf-linker >/dev/null 2>&1; then
     log "building bpf-linker against LLVM 22 (a few minutes, once)"
     PATH=/usr/lib/llvm-22/bin:$PATH cargo install --locked bpf-linker \

@@ -23,9 +23,11 @@ use aya::{
     },
 };
 use throttle_common::{
-    Counters, DIRECTIONS, DOWN, Limit, MAP_COUNTERS, MAP_LIMITS, MAP_SOCKETS, PROG_DOWN,
-    PROG_SOCKETS, PROG_UP, UP,
+    Counters, Direction, Limit, MAP_COUNTERS, MAP_LIMITS, MAP_TUNING, PROG_DOWN, PROG_TUNING,
+    PROG_UP, PerDirection, units::Rate,
 };
+
+use crate::{control::Maps, limits::Limits};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/throttle"));
 
@@ -37,17 +39,17 @@ pub enum Hook {
     /// Every packet a socket of the cgroup sends (the upload policer).
     Egress,
     /// TCP socket events (window clamp and pacing, see `throttle_common::sockets`).
-    Sockets,
+    Tuning,
 }
 
 impl Hook {
-    pub const ALL: [Hook; 3] = [Hook::Ingress, Hook::Egress, Hook::Sockets];
+    pub const ALL: [Hook; 3] = [Hook::Ingress, Hook::Egress, Hook::Tuning];
 
     fn program(self) -> &'static str {
         match self {
             Hook::Ingress => PROG_DOWN,
             Hook::Egress => PROG_UP,
-            Hook::Sockets => PROG_SOCKETS,
+            Hook::Tuning => PROG_TUNING,
         }
     }
 
@@ -56,14 +58,14 @@ impl Hook {
         match self {
             Hook::Ingress => 0,
             Hook::Egress => 1,
-            Hook::Sockets => 3,
+            Hook::Tuning => 3,
         }
     }
 }
 
 enum LinkId {
     Skb(CgroupSkbLinkId),
-    Sockets(SockOpsLinkId),
+    SockOps(SockOpsLinkId),
 }
 
 /// One program attached to the run's cgroup.
@@ -83,15 +85,11 @@ pub struct Programs {
 }
 
 impl Programs {
-    /// Loads the programs, writes `limits` (indexed by direction) into their
-    /// maps, and attaches all of them to the cgroup open at `cgroup_dir`.
+    /// Loads the programs, writes `limits` into their maps, and attaches all
+    /// of them to the cgroup open at `cgroup_dir`.
     ///
     /// Limits are written before attaching, so the first packet already sees them.
-    pub fn attach(
-        cgroup_dir: BorrowedFd<'_>,
-        cgroup: &Path,
-        limits: [Limit; 2],
-    ) -> Result<Programs> {
+    pub fn attach(cgroup_dir: BorrowedFd<'_>, cgroup: &Path, limits: &Limits) -> Result<Programs> {
         // The programs use no kernel types, so the kernel's 9 MB BTF is not
         // parsed (Ebpf::load parses it twice): that was most of throttle's
         // start-up time. See vendor/aya/THROTTLE-PATCH.md.
@@ -103,8 +101,7 @@ impl Programs {
             cgroup: cgroup.to_path_buf(),
             attachments: Vec::with_capacity(Hook::ALL.len()),
         };
-        programs.set_limit(DOWN, limits[DOWN as usize])?;
-        programs.set_limit(UP, limits[UP as usize])?;
+        programs.set_limits(limits)?;
         for hook in Hook::ALL {
             programs.attach_one(hook, cgroup_dir)?;
         }
@@ -140,7 +137,7 @@ impl Programs {
                     .map_err(|e| anyhow!(e));
                 (id, link.map(LinkId::Skb))
             }
-            Hook::Sockets => {
+            Hook::Tuning => {
                 let program: &mut SockOps = program.try_into()?;
                 program.load().map_err(explain_load).with_context(|| {
                     format!("the kernel refused to load the sock_ops program {name}")
@@ -150,7 +147,7 @@ impl Programs {
                     .context("reading the loaded program's id")?
                     .id();
                 let link = program.attach(cgroup_dir, mode).map_err(|e| anyhow!(e));
-                (id, link.map(LinkId::Sockets))
+                (id, link.map(LinkId::SockOps))
             }
         };
         let link = link.with_context(|| {
@@ -167,43 +164,50 @@ impl Programs {
         Ok(())
     }
 
-    /// Replaces a direction's limit; the programs read it on the next packet
-    /// (the socket hooks on the next segment a socket sends).
-    pub fn set_limit(&mut self, direction: u32, limit: Limit) -> Result<()> {
-        if limit.rate != 0 {
-            let mut sockets: Array<_, u32> = Array::try_from(
-                self.ebpf
-                    .map_mut(MAP_SOCKETS)
-                    .context("the eBPF object has no SOCKETS map")?,
-            )?;
-            sockets
-                .set(0, 1, 0)
-                .context("turning the socket hooks on")?;
-        }
-        let mut limits: Array<_, Limit> = Array::try_from(
-            self.ebpf
-                .map_mut(MAP_LIMITS)
-                .context("the eBPF object has no LIMITS map")?,
-        )?;
-        limits
-            .set(direction, limit, 0)
-            .with_context(|| format!("writing the limit for direction {direction}"))
-    }
-
     /// The counters of both directions, summed over CPUs.
-    pub fn counters(&self) -> Result<[Counters; DIRECTIONS as usize]> {
+    pub fn counters(&self) -> Result<PerDirection<Counters>> {
         let map: PerCpuArray<_, Counters> = PerCpuArray::try_from(
             self.ebpf
                 .map(MAP_COUNTERS)
                 .context("the eBPF object has no COUNTERS map")?,
         )?;
-        let mut totals = [Counters::default(); DIRECTIONS as usize];
-        for (direction, total) in (0..DIRECTIONS).zip(totals.iter_mut()) {
-            for cpu in map.get(&direction, 0)?.iter() {
-                total.accumulate(cpu);
+        let mut totals = PerDirection::<Counters>::default();
+        for direction in Direction::ALL {
+            for cpu in map.get(&direction.key(), 0)?.iter() {
+                totals[direction].accumulate(cpu);
             }
         }
         Ok(totals)
+    }
+
+    /// Puts `limits` in force: the programs read them on the next packet
+    /// (the socket hooks on the next segment a socket sends).
+    pub fn set_limits(&mut self, limits: &Limits) -> Result<()> {
+        // Turned on with the first limit and never off, so a run that goes
+        // back to unlimited still has its sockets' clamps undone.
+        if limits
+            .rates
+            .each()
+            .iter()
+            .any(|(_, rate)| **rate != Rate::Unlimited)
+        {
+            let mut tuning: Array<_, u32> = Array::try_from(
+                self.ebpf
+                    .map_mut(MAP_TUNING)
+                    .context("the eBPF object has no TUNING map")?,
+            )?;
+            tuning.set(0, 1, 0).context("turning the socket hooks on")?;
+        }
+        let mut map: Array<_, Limit> = Array::try_from(
+            self.ebpf
+                .map_mut(MAP_LIMITS)
+                .context("the eBPF object has no LIMITS map")?,
+        )?;
+        for direction in Direction::ALL {
+            map.set(direction.key(), limits.map_value(direction), 0)
+                .with_context(|| format!("writing the {} limit", direction.name()))?;
+        }
+        Ok(())
     }
 
     /// Detaches every program and proves with the kernel's own attachment
@@ -217,7 +221,7 @@ impl Programs {
                 .with_context(|| format!("the eBPF object has no program {name}"))?;
             let detached = match attachment.link {
                 LinkId::Skb(link) => <&mut CgroupSkb>::try_from(program)?.detach(link),
-                LinkId::Sockets(link) => <&mut SockOps>::try_from(program)?.detach(link),
+                LinkId::SockOps(link) => <&mut SockOps>::try_from(program)?.detach(link),
             };
             detached
                 .map_err(|e| anyhow!(e))
@@ -234,6 +238,16 @@ impl Programs {
             }
         }
         Ok(())
+    }
+}
+
+impl Maps for Programs {
+    fn counters(&self) -> Result<PerDirection<Counters>> {
+        Programs::counters(self)
+    }
+
+    fn set_limits(&mut self, limits: &Limits) -> Result<()> {
+        Programs::set_limits(self, limits)
     }
 }
 
@@ -304,4 +318,31 @@ pub fn attached_program_ids(cgroup_dir: BorrowedFd<'_>, hook: Hook) -> io::Resul
     }
     ids.truncate(attr.prog_cnt as usize);
     Ok(ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use throttle_common::{MAP_COUNTERS, MAP_LIMITS, MAP_TUNING};
+
+    use super::*;
+
+    #[test]
+    fn every_name_the_host_opens_is_in_the_object() {
+        let object = aya_obj::Object::parse(OBJECT).expect("the embedded object parses");
+        for hook in Hook::ALL {
+            assert!(
+                object.programs.contains_key(hook.program()),
+                "no program {} in {:?}",
+                hook.program(),
+                object.programs.keys().collect::<Vec<_>>()
+            );
+        }
+        for map in [MAP_LIMITS, MAP_COUNTERS, MAP_TUNING] {
+            assert!(
+                object.maps.contains_key(map),
+                "no map {map} in {:?}",
+                object.maps.keys().collect::<Vec<_>>()
+            );
+        }
+    }
 }

@@ -2,11 +2,11 @@
 //! grammar only) so that xtask can build completions and the man page from it
 //! without building the eBPF object.
 
-use std::{ffi::OsString, time::Duration};
+use std::{ffi::OsStr, ffi::OsString, path::Path, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use clap_complete::Shell;
-use throttle_common::units::{RATE_FORMS, SIZE_FORMS, parse_rate, parse_size};
+use throttle_common::units::{RATE_FORMS, Rate, SIZE_FORMS, UNLIMITED, parse_rate, parse_size};
 
 const ABOUT: &str = "Run a command with its network bandwidth limited, in the kernel";
 
@@ -57,11 +57,11 @@ pub struct Cli {
 pub struct RunArgs {
     /// Limit the download (ingress) rate; unlimited if omitted
     #[arg(long, value_name = "RATE", value_parser = rate)]
-    pub down: Option<u64>,
+    pub down: Option<Rate>,
 
     /// Limit the upload (egress) rate; unlimited if omitted
     #[arg(long, value_name = "RATE", value_parser = rate)]
-    pub up: Option<u64>,
+    pub up: Option<Rate>,
 
     /// Bucket depth: how far a burst may run ahead of the rate [default: 250 ms of the rate, at least 16K]
     #[arg(long, value_name = "SIZE", value_parser = size)]
@@ -128,10 +128,10 @@ pub enum Action {
         target: Option<String>,
         /// New download limit
         #[arg(long, value_name = "RATE|unlimited", value_parser = limit)]
-        down: Option<u64>,
+        down: Option<Rate>,
         /// New upload limit
         #[arg(long, value_name = "RATE|unlimited", value_parser = limit)]
-        up: Option<u64>,
+        up: Option<Rate>,
         /// New bucket depth
         #[arg(long, value_name = "SIZE", value_parser = size)]
         burst: Option<u64>,
@@ -155,16 +155,15 @@ pub enum Action {
     },
 }
 
-fn rate(text: &str) -> Result<u64, String> {
-    parse_rate(text).map_err(|e| format!("{e}; expected {RATE_FORMS}"))
+fn rate(text: &str) -> Result<Rate, String> {
+    parse_rate(text)
+        .and_then(Rate::per_sec)
+        .map_err(|e| format!("{e}; expected {RATE_FORMS}"))
 }
 
-/// A RATE, or "unlimited" (0) to remove a limit.
-pub fn limit(text: &str) -> Result<u64, String> {
-    if text.eq_ignore_ascii_case("unlimited") {
-        return Ok(0);
-    }
-    rate(text).map_err(|e| format!("{e}, or 'unlimited'"))
+/// A RATE, or "unlimited" to remove a limit.
+fn limit(text: &str) -> Result<Rate, String> {
+    Rate::parse(text).map_err(|e| format!("{e}; expected {RATE_FORMS}, or '{UNLIMITED}'"))
 }
 
 fn size(text: &str) -> Result<u64, String> {
@@ -192,6 +191,32 @@ pub fn run_name(text: &str) -> Result<String, String> {
     }
 }
 
+/// The longest default name's `-PID` suffix: a dash and a u32's 10 digits.
+const PID_SUFFIX_MAX: usize = 11;
+
+/// The name of a run not given `--name`: `<command>-<pid>`, with the
+/// command's name reduced to what a run name allows.
+pub fn default_name(command: &OsStr, pid: u32) -> String {
+    let base = Path::new(command)
+        .file_name()
+        .map(|b| b.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let cleaned: String = base
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .skip_while(|c| !c.is_ascii_alphanumeric())
+        .take(MAX_NAME_LEN - PID_SUFFIX_MAX)
+        .collect();
+    let base = if cleaned.is_empty() { "run" } else { &cleaned };
+    format!("{base}-{pid}")
+}
+
 #[cfg(test)]
 mod tests {
     use clap::{CommandFactory, error::ErrorKind};
@@ -211,8 +236,8 @@ mod tests {
     fn limits_and_command() {
         let cli = parse(&["--down", "50K", "--up", "1mbit", "--", "wget", "-q", "url"]).unwrap();
         assert!(cli.action.is_none());
-        assert_eq!(cli.run.down, Some(50 * 1024));
-        assert_eq!(cli.run.up, Some(125_000));
+        assert_eq!(cli.run.down, Rate::per_sec(50 * 1024).ok());
+        assert_eq!(cli.run.up, Rate::per_sec(125_000).ok());
         assert_eq!(cli.run.burst, None);
         assert_eq!(cli.run.command, ["wget", "-q", "url"]);
         assert_eq!(cli.run.kill_after, Duration::from_secs(5));
@@ -222,7 +247,7 @@ mod tests {
     fn command_without_double_dash_keeps_its_own_flags() {
         let cli = parse(&["--down", "1M", "curl", "--limit-rate", "5M", "-o", "x"]).unwrap();
         assert_eq!(cli.run.command, ["curl", "--limit-rate", "5M", "-o", "x"]);
-        assert_eq!(cli.run.down, Some(1 << 20));
+        assert_eq!(cli.run.down, Rate::per_sec(1 << 20).ok());
     }
 
     #[test]
@@ -290,6 +315,36 @@ mod tests {
         ] {
             assert!(run_name(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn default_names_are_valid_run_names() {
+        for command in [
+            "wget",
+            "/usr/bin/python3.12",
+            "./my script",
+            "-weird",
+            "ü",
+            "",
+        ] {
+            let name = default_name(OsStr::new(command), 42);
+            assert_eq!(run_name(&name), Ok(name.clone()), "{command}");
+        }
+        let long = "x".repeat(200);
+        assert!(run_name(&default_name(OsStr::new(&long), u32::MAX)).is_ok());
+    }
+
+    #[test]
+    fn set_takes_unlimited_and_a_run_does_not() {
+        let cli = parse(&["set", "ci", "--down", "UNLIMITED", "--up", "2M"]).unwrap();
+        let Some(Action::Set { down, up, .. }) = cli.action else {
+            panic!("{cli:?}");
+        };
+        assert_eq!(
+            (down, up),
+            (Some(Rate::Unlimited), Rate::per_sec(2 << 20).ok())
+        );
+        assert!(parse(&["--down", "unlimited", "true"]).is_err());
     }
 
     #[test]

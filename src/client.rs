@@ -2,6 +2,7 @@
 //! control sockets.
 
 use std::{
+    fmt::Write as _,
     io::{IsTerminal as _, Read as _, Write as _},
     os::unix::net::UnixStream,
     path::{Path, PathBuf},
@@ -10,21 +11,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::{Value, json};
+use serde::{Serialize, de::DeserializeOwned};
+use throttle_common::{Counters, PerDirection, units::Rate};
 
 use crate::{
-    control::PROTOCOL_VERSION,
+    exit,
+    protocol::{self, Changes, Info, LimitView, Request, SetReply, Stats},
     rundir::{self, RunDir, SOCKET_SUFFIX},
-    runs, stats,
+    stats,
 };
-
-/// Distinct exit statuses, so scripts can tell what went wrong.
-pub const EXIT_NO_SUCH_RUN: u8 = 3;
-pub const EXIT_PERMISSION: u8 = 4;
-pub const EXIT_RUN_GONE: u8 = 5;
-pub const EXIT_REFUSED: u8 = 6;
-/// `list` showed every run, but could not read some of them.
-pub const EXIT_INCOMPLETE: u8 = 7;
 
 /// Longest reply line read; a run's longest is its info, with its command.
 const MAX_REPLY: usize = 1 << 20;
@@ -43,26 +38,26 @@ fn fail<T>(code: u8, message: String) -> Outcome<T> {
     Err(Failure { code, message })
 }
 
-/// A connection to one run's socket.
-struct Run {
+/// A connection to one run's control socket.
+struct Connection {
     socket: PathBuf,
     stream: UnixStream,
     /// Bytes read past the last reply line.
     pending: Vec<u8>,
 }
 
-impl Run {
+impl Connection {
     /// Connects to run `name`'s socket in `dir`, which refuses anything but
     /// a socket served by the uid whose runs live there.
-    fn connect(dir: &RunDir, name: &str) -> Outcome<Run> {
-        let file = runs::socket_file(name);
+    fn open(dir: &RunDir, name: &str) -> Outcome<Connection> {
+        let file = rundir::socket_file(name);
         let socket = dir.path().join(&file);
         let stream = dir.connect(&file).or_else(|e| {
             // A message of our own (the peer check) says more than the errno.
             let said = e.get_ref().map(ToString::to_string);
             match e.kind() {
                 std::io::ErrorKind::PermissionDenied => fail(
-                    EXIT_PERMISSION,
+                    exit::PERMISSION,
                     said.unwrap_or_else(|| {
                         format!(
                             "permission denied on {}: the run belongs to another user",
@@ -71,11 +66,11 @@ impl Run {
                     }),
                 ),
                 std::io::ErrorKind::NotFound | std::io::ErrorKind::InvalidData => fail(
-                    EXIT_NO_SUCH_RUN,
+                    exit::NO_SUCH_RUN,
                     said.unwrap_or_else(|| format!("no run at {}", socket.display())),
                 ),
                 _ => fail(
-                    EXIT_RUN_GONE,
+                    exit::RUN_GONE,
                     format!(
                         "the run at {} is not answering ({e}); it has ended",
                         socket.display()
@@ -83,47 +78,43 @@ impl Run {
                 ),
             }
         })?;
-        Ok(Run {
+        Ok(Connection {
             socket,
             stream,
             pending: Vec::new(),
         })
     }
 
-    fn request(&mut self, mut request: Value) -> Outcome<Value> {
-        request["version"] = json!(PROTOCOL_VERSION);
-        let mut line = request.to_string();
-        line.push('\n');
+    fn request<T: DeserializeOwned>(&mut self, request: &Request) -> Outcome<T> {
         // One write; if the run has already answered and hung up (a
         // refusal, "busy"), its reply is still waiting to be read.
-        let written = self.stream.write_all(line.as_bytes());
+        let written = self.stream.write_all(request.to_line().as_bytes());
         let line = match (self.reply_line(), written) {
             (Ok(line), _) => line,
             (Err(_), Err(e)) => {
                 return fail(
-                    EXIT_RUN_GONE,
+                    exit::RUN_GONE,
                     format!("the run at {} went away: {e}", self.socket.display()),
                 );
             }
             (Err(failure), Ok(())) => return Err(failure),
         };
-        let reply: Value = serde_json::from_slice(&line).map_err(|e| Failure {
-            code: EXIT_REFUSED,
-            message: format!("unreadable reply from {}: {e}", self.socket.display()),
-        })?;
-        if reply["ok"] != json!(true) {
-            let error = reply["error"]
-                .as_str()
-                .unwrap_or("no reason given")
-                .to_string();
-            let code = if error.starts_with("permission denied") {
-                EXIT_PERMISSION
-            } else {
-                EXIT_REFUSED
-            };
-            return fail(code, error);
+        match protocol::read_reply(&line) {
+            Ok(Ok(body)) => Ok(body),
+            Ok(Err(refusal)) => fail(refusal.exit_status(), refusal.error),
+            Err(e) => fail(
+                exit::REFUSED,
+                format!("unreadable reply from {}: {e}", self.socket.display()),
+            ),
         }
-        Ok(reply)
+    }
+
+    fn info(&mut self) -> Outcome<Info> {
+        self.request(&Request::Info)
+    }
+
+    fn stats(&mut self) -> Outcome<Stats> {
+        self.request(&Request::Stats)
     }
 
     /// One reply line, at most [`MAX_REPLY`] bytes within [`REPLY_TIMEOUT`],
@@ -131,7 +122,7 @@ impl Run {
     fn reply_line(&mut self) -> Outcome<Vec<u8>> {
         let deadline = Instant::now() + REPLY_TIMEOUT;
         let gone = |what: String| Failure {
-            code: EXIT_RUN_GONE,
+            code: exit::RUN_GONE,
             message: format!("the run at {} {what}", self.socket.display()),
         };
         let mut chunk = [0u8; 8192];
@@ -141,7 +132,7 @@ impl Run {
             }
             if self.pending.len() > MAX_REPLY {
                 return fail(
-                    EXIT_REFUSED,
+                    exit::REFUSED,
                     format!(
                         "the run at {} sent a reply longer than {MAX_REPLY} bytes",
                         self.socket.display()
@@ -185,19 +176,19 @@ fn visible_runs() -> Vec<(RunDir, String)> {
 
 /// Finds the run named NAME, or whose wrapper has pid PID; with
 /// no target, the run this process is inside of (THROTTLE_SOCKET).
-fn find(target: Option<&str>) -> Outcome<Run> {
+fn find(target: Option<&str>) -> Outcome<Connection> {
     let Some(target) = target else {
         return match std::env::var_os("THROTTLE_SOCKET") {
             Some(socket) => {
                 let (dir, file) = RunDir::of_socket(Path::new(&socket)).map_err(|e| Failure {
-                    code: EXIT_NO_SUCH_RUN,
+                    code: exit::NO_SUCH_RUN,
                     message: format!("THROTTLE_SOCKET: {e:#}"),
                 })?;
                 let name = file.strip_suffix(SOCKET_SUFFIX).unwrap_or(&file);
-                Run::connect(&dir, name)
+                Connection::open(&dir, name)
             }
             None => fail(
-                EXIT_NO_SUCH_RUN,
+                exit::NO_SUCH_RUN,
                 "name a run (NAME or PID), or run this inside a throttled command".into(),
             ),
         };
@@ -207,19 +198,17 @@ fn find(target: Option<&str>) -> Outcome<Run> {
         if pid.is_none() && name != target {
             continue;
         }
-        let mut run = match Run::connect(&dir, &name) {
+        let mut run = match Connection::open(&dir, &name) {
             Ok(run) => run,
             Err(_) if pid.is_some() => continue,
             Err(e) => return Err(e),
         };
-        if pid.is_none()
-            || run.request(json!({"command": "info"}))?["pid"].as_u64() == pid.map(u64::from)
-        {
+        if pid.is_none() || Some(run.info()?.pid) == pid {
             return Ok(run);
         }
     }
     fail(
-        EXIT_NO_SUCH_RUN,
+        exit::NO_SUCH_RUN,
         format!("no run named or with pid '{target}' (see 'throttle list')"),
     )
 }
@@ -248,71 +237,59 @@ pub fn finish(outcome: Outcome<()>) -> ExitCode {
     }
 }
 
-fn limit_text(limit: &Value) -> String {
-    limit["rate"]
-        .as_u64()
-        .map_or_else(|| "unlimited".into(), |r| stats::rate(r as f64))
+fn limit_text(rate: Rate) -> String {
+    rate.bytes_per_sec().map_or_else(
+        || throttle_common::units::UNLIMITED.into(),
+        |r| stats::rate(r as f64),
+    )
 }
 
-pub fn set(
-    target: Option<&str>,
-    down: Option<u64>,
-    up: Option<u64>,
-    burst: Option<u64>,
-) -> Outcome<()> {
-    if down.is_none() && up.is_none() && burst.is_none() {
-        return fail(2, "nothing to set: give --down, --up or --burst".into());
+pub fn set(target: Option<&str>, changes: &Changes) -> Outcome<()> {
+    if changes.is_empty() {
+        return fail(
+            exit::USAGE,
+            "nothing to set: give --down, --up or --burst".into(),
+        );
     }
     let mut run = find(target)?;
-    let mut request = json!({"command": "set"});
-    let unlimited_or = |rate: u64| {
-        if rate == 0 {
-            json!("unlimited")
-        } else {
-            json!(rate)
-        }
-    };
-    if let Some(rate) = down {
-        request["down"] = unlimited_or(rate);
-    }
-    if let Some(rate) = up {
-        request["up"] = unlimited_or(rate);
-    }
-    if let Some(burst) = burst {
-        request["burst"] = json!(burst);
-    }
-    let reply = run.request(request)?;
-    let limits = &reply["limits"];
+    let reply: SetReply = run.request(&Request::Set(*changes))?;
     println!(
         "down {}, up {}",
-        limit_text(&limits["down"]),
-        limit_text(&limits["up"])
+        limit_text(reply.limits.down.rate()),
+        limit_text(reply.limits.up.rate())
     );
     Ok(())
 }
 
-/// Passed bytes per direction from a stats reply.
-fn passed(stats: &Value) -> [u64; 2] {
-    ["down", "up"].map(|d| stats[d]["passed_bytes"].as_u64().unwrap_or(0))
+/// Each direction's rate between two samples, in bytes/s.
+fn rates(before: &Stats, after: &Stats, over: Duration) -> PerDirection<f64> {
+    let secs = over.as_secs_f64().max(1e-3);
+    PerDirection::from_fn(|d| {
+        let passed = |s: &Stats| s.counters[d].passed_bytes;
+        passed(after).saturating_sub(passed(before)) as f64 / secs
+    })
 }
 
-fn rates(before: &Value, after: &Value, over: Duration) -> [f64; 2] {
-    let (a, b) = (passed(before), passed(after));
-    let secs = over.as_secs_f64().max(1e-3);
-    [0, 1].map(|i| b[i].saturating_sub(a[i]) as f64 / secs)
+/// A `stats --watch --json` line.
+#[derive(Serialize)]
+struct Sample<'a> {
+    down_rate: f64,
+    up_rate: f64,
+    #[serde(flatten)]
+    counters: &'a PerDirection<Counters>,
 }
 
 pub fn stats(target: Option<&str>, watch: Option<Duration>, as_json: bool) -> Outcome<()> {
     let mut run = find(target)?;
     let interval = watch.unwrap_or(Duration::from_secs(1));
     let tty = std::io::stdout().is_terminal() && !as_json;
-    let mut before = run.request(json!({"command": "stats"}))?;
+    let mut before = run.stats()?;
     let mut at = Instant::now();
     loop {
         thread::sleep(interval);
-        let after = match run.request(json!({"command": "stats"})) {
+        let after = match run.stats() {
             Ok(after) => after,
-            Err(e) if watch.is_some() && e.code == EXIT_RUN_GONE => {
+            Err(e) if watch.is_some() && e.code == exit::RUN_GONE => {
                 if tty {
                     println!();
                 }
@@ -322,22 +299,27 @@ pub fn stats(target: Option<&str>, watch: Option<Duration>, as_json: bool) -> Ou
         };
         let over = at.elapsed();
         at = Instant::now();
-        let [down, up] = rates(&before, &after, over);
+        let rate = rates(&before, &after, over);
         if as_json {
-            println!(
-                "{}",
-                json!({"down_rate": down, "up_rate": up, "down": after["down"], "up": after["up"]})
-            );
+            let sample = Sample {
+                down_rate: rate.down,
+                up_rate: rate.up,
+                counters: &after.counters,
+            };
+            println!("{}", to_json(&sample));
         } else {
-            let line = format!(
-                "down {} ({} total, {} dropped)  up {} ({} total, {} dropped)",
-                stats::rate(down),
-                stats::bytes(after["down"]["passed_bytes"].as_u64().unwrap_or(0)),
-                stats::bytes(after["down"]["dropped_bytes"].as_u64().unwrap_or(0)),
-                stats::rate(up),
-                stats::bytes(after["up"]["passed_bytes"].as_u64().unwrap_or(0)),
-                stats::bytes(after["up"]["dropped_bytes"].as_u64().unwrap_or(0)),
-            );
+            let mut line = String::new();
+            for (direction, c) in after.counters.each() {
+                let _ = write!(
+                    line,
+                    "{}{} {} ({} total, {} dropped)",
+                    if line.is_empty() { "" } else { "  " },
+                    direction.name(),
+                    stats::rate(rate[direction]),
+                    stats::bytes(c.passed_bytes),
+                    stats::bytes(c.dropped_bytes),
+                );
+            }
             if tty && watch.is_some() {
                 print!("\r\x1b[K{line}");
             } else {
@@ -352,74 +334,103 @@ pub fn stats(target: Option<&str>, watch: Option<Duration>, as_json: bool) -> Ou
     }
 }
 
+fn to_json<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("client output always serialises")
+}
+
+/// One row of `list`.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Row {
+    Live {
+        name: String,
+        pid: u32,
+        command: Vec<String>,
+        limits: PerDirection<LimitView>,
+        down_rate: f64,
+        up_rate: f64,
+        #[serde(flatten)]
+        counters: PerDirection<Counters>,
+    },
+    /// A run that could not be read, and why.
+    Unreadable { name: String, error: String },
+}
+
 /// A run that could not be read, unless it has simply ended (its socket is
 /// gone), which is no row at all.
-fn unreadable(dir: &RunDir, name: &str, failure: &Failure) -> Option<Value> {
-    let gone = !dir.contains(&runs::socket_file(name));
-    (!gone).then(|| json!({"name": name, "error": failure.message}))
+fn unreadable(dir: &RunDir, name: &str, failure: Failure) -> Option<Row> {
+    let gone = !dir.contains(&rundir::socket_file(name));
+    (!gone).then(|| Row::Unreadable {
+        name: name.into(),
+        error: failure.message,
+    })
 }
 
 /// Every visible run, each a row; one that could not be read says why in
-/// its row (`error`), and the list then ends with [`EXIT_INCOMPLETE`].
+/// its row (`error`), and the list then ends with [`exit::INCOMPLETE`].
 pub fn list(as_json: bool) -> Outcome<()> {
     const SAMPLE: Duration = Duration::from_millis(500);
-    let mut runs: Vec<(Run, RunDir, Value, Value)> = Vec::new();
+    let mut runs = Vec::new();
     let mut unreadable_rows = Vec::new();
     for (dir, name) in visible_runs() {
-        let sampled = Run::connect(&dir, &name).and_then(|mut run| {
-            let info = run.request(json!({"command": "info"}))?;
-            let first = run.request(json!({"command": "stats"}))?;
+        let sampled = Connection::open(&dir, &name).and_then(|mut run| {
+            let info = run.info()?;
+            let first = run.stats()?;
             Ok((run, info, first))
         });
         match sampled {
             Ok((run, info, first)) => runs.push((run, dir, info, first)),
-            Err(failure) => unreadable_rows.extend(unreadable(&dir, &name, &failure)),
+            Err(failure) => unreadable_rows.extend(unreadable(&dir, &name, failure)),
         }
     }
     let started = Instant::now();
     thread::sleep(SAMPLE);
     let mut rows = Vec::new();
     for (mut run, dir, info, first) in runs {
-        let second = match run.request(json!({"command": "stats"})) {
+        let second = match run.stats() {
             Ok(second) => second,
             Err(failure) => {
-                let name = info["name"].as_str().unwrap_or_default();
-                unreadable_rows.extend(unreadable(&dir, name, &failure));
+                unreadable_rows.extend(unreadable(&dir, &info.name, failure));
                 continue;
             }
         };
-        let [down, up] = rates(&first, &second, started.elapsed());
-        rows.push(json!({
-            "name": info["name"], "pid": info["pid"], "command": info["command"], "limits": info["limits"],
-            "down_rate": down, "up_rate": up, "down": second["down"], "up": second["up"],
-        }));
+        let rate = rates(&first, &second, started.elapsed());
+        rows.push(Row::Live {
+            name: info.name,
+            pid: info.pid,
+            command: info.command,
+            limits: info.limits,
+            down_rate: rate.down,
+            up_rate: rate.up,
+            counters: second.counters,
+        });
     }
     let incomplete = unreadable_rows.len();
     rows.extend(unreadable_rows);
     if as_json {
-        println!("{}", Value::Array(rows));
+        println!("{}", to_json(&rows));
     } else {
         print_table(&rows);
     }
     if incomplete > 0 {
         return fail(
-            EXIT_INCOMPLETE,
+            exit::INCOMPLETE,
             format!("{incomplete} run(s) could not be read; their rows say why"),
         );
     }
     Ok(())
 }
 
-fn print_table(rows: &[Value]) {
+fn print_table(rows: &[Row]) {
     println!(
         "{:<24} {:>8} {:>13} {:>13} {:>13} {:>13} {:>11} {:>11}  COMMAND",
         "NAME", "PID", "DOWN LIMIT", "UP LIMIT", "DOWN RATE", "UP RATE", "DOWN TOTAL", "UP TOTAL"
     );
     for row in rows {
-        let name = printable(row["name"].as_str().unwrap_or("?"));
-        if let Some(error) = row["error"].as_str() {
-            println!(
-                "{name:<24} {:>8} {:>13} {:>13} {:>13} {:>13} {:>11} {:>11}  (unreadable: {})",
+        match row {
+            Row::Unreadable { name, error } => println!(
+                "{:<24} {:>8} {:>13} {:>13} {:>13} {:>13} {:>11} {:>11}  (unreadable: {})",
+                printable(name),
                 "-",
                 "-",
                 "-",
@@ -428,26 +439,28 @@ fn print_table(rows: &[Value]) {
                 "-",
                 "-",
                 printable(error)
-            );
-            continue;
+            ),
+            Row::Live {
+                name,
+                pid,
+                command,
+                limits,
+                down_rate,
+                up_rate,
+                counters,
+            } => println!(
+                "{:<24} {:>8} {:>13} {:>13} {:>13} {:>13} {:>11} {:>11}  {}",
+                printable(name),
+                pid,
+                limit_text(limits.down.rate()),
+                limit_text(limits.up.rate()),
+                stats::rate(*down_rate),
+                stats::rate(*up_rate),
+                stats::bytes(counters.down.passed_bytes),
+                stats::bytes(counters.up.passed_bytes),
+                printable(&command.join(" ")),
+            ),
         }
-        let command: Vec<&str> = row["command"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|v| v.as_str())
-            .collect();
-        println!(
-            "{name:<24} {:>8} {:>13} {:>13} {:>13} {:>13} {:>11} {:>11}  {}",
-            row["pid"].to_string(),
-            limit_text(&row["limits"]["down"]),
-            limit_text(&row["limits"]["up"]),
-            stats::rate(row["down_rate"].as_f64().unwrap_or(0.0)),
-            stats::rate(row["up_rate"].as_f64().unwrap_or(0.0)),
-            stats::bytes(row["down"]["passed_bytes"].as_u64().unwrap_or(0)),
-            stats::bytes(row["up"]["passed_bytes"].as_u64().unwrap_or(0)),
-            printable(&command.join(" ")),
-        );
     }
 }
 

@@ -21,70 +21,49 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use anyhow::{Context as _, Result, anyhow, bail};
+use anyhow::{Context as _, Result};
 use nix::{
+    errno::Errno,
     fcntl::OFlag,
     poll::{PollFd, PollFlags, PollTimeout, poll},
     sys::socket::{getsockopt, sockopt::PeerCredentials},
     unistd::{Gid, Uid, pipe2},
 };
-use serde::Deserialize;
-use serde_json::{Value, json};
-use throttle_common::{
-    DOWN, Limit, UP,
-    policer::{MAX_RATE, default_burst},
-    units::{MAX_SIZE, UnitError, parse_size},
+use throttle_common::{Counters, PerDirection};
+
+use crate::{
+    bpf::Programs,
+    limits::Limits,
+    protocol::{
+        self, Changes, Info, LimitView, MAX_LINE, Refusal, RefusalKind, Request, SetReply, Stats,
+    },
+    rundir::{self, RunDir},
 };
 
-use crate::{bpf::Programs, rundir::RunDir, runs, stats};
-
-pub const PROTOCOL_VERSION: u64 = 1;
-/// Longest request line accepted; longer ones get an error and the connection closes.
-pub const MAX_LINE: usize = 4096;
 const MAX_CLIENTS: usize = 32;
 /// A client that has not sent a whole request line within this long is
 /// disconnected.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Poll errors other than EINTR in a row after which the socket stops
+/// serving rather than spin a core on an error that does not go away.
+const MAX_POLL_ERRORS: u32 = 100;
+
+/// What the socket needs of the run's programs: their counters, and a way
+/// to put limits in force.
+pub trait Maps: Send {
+    fn counters(&self) -> Result<PerDirection<Counters>>;
+    fn set_limits(&mut self, limits: &Limits) -> Result<()>;
+}
 
 /// What the socket serves: the run's description and its live programs.
-pub struct RunState {
+pub struct RunState<M = Programs> {
     pub name: String,
     pub pid: u32,
     pub command: Vec<String>,
     pub started: SystemTime,
     pub limits: Mutex<Limits>,
     /// None once teardown has taken the programs back.
-    pub programs: Mutex<Option<Programs>>,
-}
-
-/// The limits as the user gave them: a burst set explicitly stays; a default
-/// one follows the rate.
-#[derive(Clone, Copy, Debug)]
-pub struct Limits {
-    pub rates: [u64; 2],
-    pub burst: Option<u64>,
-}
-
-impl Limits {
-    pub fn for_direction(&self, direction: u32) -> Limit {
-        let rate = self.rates[direction as usize];
-        Limit {
-            rate,
-            burst: self.burst.unwrap_or_else(|| default_burst(rate)),
-        }
-    }
-
-    fn json(&self) -> Value {
-        let one = |d: u32| {
-            let limit = self.for_direction(d);
-            if limit.rate == 0 {
-                json!({"rate": null, "burst": null})
-            } else {
-                json!({"rate": limit.rate, "burst": limit.burst})
-            }
-        };
-        json!({"down": one(DOWN), "up": one(UP)})
-    }
+    pub programs: Mutex<Option<M>>,
 }
 
 /// The serving socket; dropping it stops serving and removes the file.
@@ -100,13 +79,13 @@ pub struct Server {
 impl Server {
     /// Serves `state` on the socket of run `name` in `dir` (mode 0600,
     /// owned by `owner`), replacing a stale one.
-    pub fn start(
+    pub fn start<M: Maps + Sync + 'static>(
         dir: &RunDir,
         name: &str,
         owner: (Uid, Gid),
-        state: Arc<RunState>,
+        state: Arc<RunState<M>>,
     ) -> Result<Server> {
-        let file = runs::socket_file(name);
+        let file = rundir::socket_file(name);
         dir.remove(&file)?;
         let listener: UnixListener = dir.bind(&file, owner)?;
         let (woken, wake) = pipe2(OFlag::O_CLOEXEC).context("creating a pipe")?;
@@ -137,15 +116,30 @@ impl Drop for Server {
     }
 }
 
-fn accept_loop(listener: &UnixListener, woken: &OwnedFd, owner: Uid, state: &Arc<RunState>) {
+fn accept_loop<M: Maps + Sync + 'static>(
+    listener: &UnixListener,
+    woken: &OwnedFd,
+    owner: Uid,
+    state: &Arc<RunState<M>>,
+) {
     let clients = Arc::new(AtomicUsize::new(0));
+    let mut errors = 0;
     loop {
         let mut fds = [
             PollFd::new(listener.as_fd(), PollFlags::POLLIN),
             PollFd::new(woken.as_fd(), PollFlags::POLLIN),
         ];
-        if !matches!(poll(&mut fds, PollTimeout::NONE), Ok(n) if n > 0) {
-            continue;
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(n) if n > 0 => errors = 0,
+            Ok(_) | Err(Errno::EINTR) => continue,
+            Err(e) => {
+                errors += 1;
+                if errors >= MAX_POLL_ERRORS {
+                    eprintln!("throttle: the control socket stops serving: poll failed: {e}");
+                    return;
+                }
+                continue;
+            }
         }
         if fds[1].any().unwrap_or(true) {
             break;
@@ -154,7 +148,8 @@ fn accept_loop(listener: &UnixListener, woken: &OwnedFd, owner: Uid, state: &Arc
             continue;
         };
         if clients.load(Ordering::Relaxed) >= MAX_CLIENTS {
-            let _ = reply(&mut stream, &error("busy: too many clients"));
+            let busy = Refusal::new(RefusalKind::Busy, "busy: too many clients".into());
+            let _ = stream.write_all(busy.to_line().as_bytes());
             continue;
         }
         clients.fetch_add(1, Ordering::Relaxed);
@@ -169,17 +164,7 @@ fn accept_loop(listener: &UnixListener, woken: &OwnedFd, owner: Uid, state: &Arc
     }
 }
 
-fn error(message: &str) -> Value {
-    json!({"version": PROTOCOL_VERSION, "ok": false, "error": message})
-}
-
-fn reply(stream: &mut UnixStream, value: &Value) -> std::io::Result<()> {
-    let mut line = value.to_string();
-    line.push('\n');
-    stream.write_all(line.as_bytes())
-}
-
-fn serve(mut stream: UnixStream, owner: Uid, state: &RunState) {
+fn serve<M: Maps>(mut stream: UnixStream, owner: Uid, state: &RunState<M>) {
     let allowed = getsockopt(&stream, PeerCredentials)
         .is_ok_and(|c| Uid::from_raw(c.uid()) == owner || c.uid() == 0);
     if stream.set_write_timeout(Some(REQUEST_TIMEOUT)).is_err() {
@@ -191,34 +176,33 @@ fn serve(mut stream: UnixStream, owner: Uid, state: &RunState) {
         // data would reset the connection, and the client would report that
         // instead of the refusal waiting for it.
         let line = match read_request(&mut stream, &mut pending) {
-            Request::Line(line) => line,
-            Request::Closed => return,
-            Request::TooLong => {
-                let _ = reply(
-                    &mut stream,
-                    &error(&format!(
-                        "request line longer than {MAX_LINE} bytes, or unterminated"
-                    )),
-                );
+            Incoming::Line(line) => line,
+            Incoming::Closed => return,
+            Incoming::TooLong => {
+                let too_long = Refusal::refused(format!(
+                    "request line longer than {MAX_LINE} bytes, or unterminated"
+                ));
+                let _ = stream.write_all(too_long.to_line().as_bytes());
                 return;
             }
         };
         if !allowed {
-            let _ = reply(
-                &mut stream,
-                &error("permission denied: only the run's owner and root may use this socket"),
+            let denied = Refusal::new(
+                RefusalKind::PermissionDenied,
+                "permission denied: only the run's owner and root may use this socket".into(),
             );
+            let _ = stream.write_all(denied.to_line().as_bytes());
             return;
         }
-        let response = handle(&line, state).unwrap_or_else(|e| error(&format!("{e:#}")));
-        if reply(&mut stream, &response).is_err() {
+        let reply = handle(&line, state).unwrap_or_else(|refusal| refusal.to_line());
+        if stream.write_all(reply.as_bytes()).is_err() {
             return;
         }
     }
 }
 
 /// What a client sent next.
-enum Request {
+enum Incoming {
     Line(Vec<u8>),
     /// It hung up, or took longer than [`REQUEST_TIMEOUT`] over one line.
     Closed,
@@ -228,166 +212,200 @@ enum Request {
 
 /// Reads one request line within [`REQUEST_TIMEOUT`] as a whole, however
 /// slowly the client dribbles it, so no client holds a slot for longer.
-fn read_request(stream: &mut UnixStream, pending: &mut Vec<u8>) -> Request {
+fn read_request(stream: &mut UnixStream, pending: &mut Vec<u8>) -> Incoming {
     let deadline = Instant::now() + REQUEST_TIMEOUT;
     let mut chunk = [0u8; 1024];
     loop {
         if let Some(end) = pending.iter().position(|b| *b == b'\n') {
-            return Request::Line(pending.drain(..=end).collect());
+            let mut line: Vec<u8> = pending.drain(..=end).collect();
+            line.pop();
+            return Incoming::Line(line);
         }
         if pending.len() > MAX_LINE {
-            return Request::TooLong;
+            return Incoming::TooLong;
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
-            return Request::Closed;
+            return Incoming::Closed;
         }
         match stream.read(&mut chunk) {
-            Ok(0) if pending.is_empty() => return Request::Closed,
-            Ok(0) => return Request::TooLong,
+            Ok(0) if pending.is_empty() => return Incoming::Closed,
+            Ok(0) => return Incoming::TooLong,
             Ok(n) => pending.extend_from_slice(&chunk[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => return Request::Closed,
+            Err(_) => return Incoming::Closed,
         }
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Command {
-    version: u64,
-    command: String,
-    down: Option<Value>,
-    up: Option<Value>,
-    burst: Option<Value>,
+/// Answers one request line: the reply line, or why it was refused.
+fn handle<M: Maps>(line: &[u8], state: &RunState<M>) -> Result<String, Refusal> {
+    match Request::parse(line)? {
+        Request::Info => Ok(protocol::done(&info(state))),
+        Request::Stats => stats(state).map(|stats| protocol::done(&stats)),
+        Request::Set(changes) => set(state, &changes).map(|reply| protocol::done(&reply)),
+    }
 }
 
-fn handle(line: &[u8], state: &RunState) -> Result<Value> {
-    let request: Command =
-        serde_json::from_slice(line).map_err(|e| anyhow!("malformed request: {e}"))?;
-    if request.version != PROTOCOL_VERSION {
-        bail!(
-            "unsupported protocol version {}; this run speaks {PROTOCOL_VERSION}",
-            request.version
-        );
-    }
-    let is_set = request.command == "set";
-    if !is_set && (request.down.is_some() || request.up.is_some() || request.burst.is_some()) {
-        bail!("'{}' takes no down, up or burst", request.command);
-    }
-    let mut body = match request.command.as_str() {
-        "info" => info(state),
-        "stats" => stats(state)?,
-        "set" => set(state, &request)?,
-        other => bail!("unknown command '{other}'; expected info, stats or set"),
-    };
-    body["version"] = json!(PROTOCOL_VERSION);
-    body["ok"] = json!(true);
-    Ok(body)
-}
-
-fn info(state: &RunState) -> Value {
+fn info<M>(state: &RunState<M>) -> Info {
     let limits = *state.limits.lock().unwrap_or_else(|p| p.into_inner());
     let started = state
         .started
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());
-    json!({
-        "name": state.name,
-        "pid": state.pid,
-        "command": state.command,
-        "started": started,
-        "limits": limits.json(),
+    Info {
+        name: state.name.clone(),
+        pid: state.pid,
+        command: state.command.clone(),
+        started,
+        limits: LimitView::of(&limits),
+    }
+}
+
+/// The refusal for a run whose programs teardown has taken back.
+fn ending() -> Refusal {
+    Refusal::new(RefusalKind::Ending, "the run is ending".into())
+}
+
+fn failed(error: &anyhow::Error) -> Refusal {
+    Refusal::refused(format!("{error:#}"))
+}
+
+fn stats<M: Maps>(state: &RunState<M>) -> Result<Stats, Refusal> {
+    let programs = state.programs.lock().unwrap_or_else(|p| p.into_inner());
+    let counters = programs
+        .as_ref()
+        .ok_or_else(ending)?
+        .counters()
+        .map_err(|e| failed(&e))?;
+    Ok(Stats {
+        elapsed: state.started.elapsed().unwrap_or_default().as_secs_f64(),
+        counters,
     })
 }
 
-fn stats(state: &RunState) -> Result<Value> {
-    let programs = state.programs.lock().unwrap_or_else(|p| p.into_inner());
-    let counters = programs.as_ref().context("the run is ending")?.counters()?;
-    let elapsed = state.started.elapsed().unwrap_or_default().as_secs_f64();
-    Ok(json!({
-        "elapsed": elapsed,
-        "down": stats::counters_json(&counters[DOWN as usize]),
-        "up": stats::counters_json(&counters[UP as usize]),
-    }))
-}
-
-/// An amount in a request: a positive number up to `max`, or a string that
-/// `parse` reads (the RATE grammar with "unlimited", or a SIZE), which holds
-/// the same bound.
-fn amount(
-    value: &Value,
-    what: &str,
-    parse: fn(&str) -> Result<u64, String>,
-    (expected, max): (&str, u64),
-) -> Result<u64> {
-    match value {
-        Value::Number(n) => match n.as_u64().filter(|n| *n > 0) {
-            Some(n) if n > max => bail!("{what}: {}", UnitError::TooLarge { max }),
-            Some(n) => Ok(n),
-            None => bail!("{what}: {n} is not a positive integer"),
-        },
-        Value::String(s) => parse(s).map_err(|e| anyhow!("{what}: {e}")),
-        other => bail!("{what}: expected {expected}, got {other}"),
-    }
-}
-
-fn size(text: &str) -> Result<u64, String> {
-    parse_size(text).map_err(|e| e.to_string())
-}
-
-const RATE: (&str, u64) = (
-    "a rate string, a number of bytes/s or \"unlimited\"",
-    MAX_RATE,
-);
-const SIZE: (&str, u64) = ("a size string or a number of bytes", MAX_SIZE);
-
-fn set(state: &RunState, request: &Command) -> Result<Value> {
-    if request.down.is_none() && request.up.is_none() && request.burst.is_none() {
-        bail!("'set' needs at least one of down, up, burst");
-    }
+fn set<M: Maps>(state: &RunState<M>, changes: &Changes) -> Result<SetReply, Refusal> {
     // Held throughout, so concurrent sets apply one after the other.
     let mut current = state.limits.lock().unwrap_or_else(|p| p.into_inner());
-    let mut limits = *current;
-    if let Some(v) = &request.down {
-        limits.rates[DOWN as usize] = amount(v, "down", crate::cli::limit, RATE)?;
-    }
-    if let Some(v) = &request.up {
-        limits.rates[UP as usize] = amount(v, "up", crate::cli::limit, RATE)?;
-    }
-    if let Some(v) = &request.burst {
-        limits.burst = Some(amount(v, "burst", size, SIZE)?);
-    }
+    let limits = changes.apply(*current);
     {
         let mut programs = state.programs.lock().unwrap_or_else(|p| p.into_inner());
-        let programs = programs.as_mut().context("the run is ending")?;
-        programs.set_limit(DOWN, limits.for_direction(DOWN))?;
-        programs.set_limit(UP, limits.for_direction(UP))?;
+        let programs = programs.as_mut().ok_or_else(ending)?;
+        programs.set_limits(&limits).map_err(|e| failed(&e))?;
     }
     *current = limits;
-    Ok(json!({"limits": limits.json()}))
+    Ok(SetReply {
+        limits: LimitView::of(&limits),
+    })
 }
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use throttle_common::{Direction, units::Rate};
 
     use super::*;
+    use crate::protocol::read_reply;
+
+    /// The maps' side as the socket sees it: what was last put in force,
+    /// and counters that say so.
+    #[derive(Default)]
+    struct Recorded {
+        limits: Option<Limits>,
+    }
+
+    impl Maps for Recorded {
+        fn counters(&self) -> Result<PerDirection<Counters>> {
+            let rate = |d| self.limits.map_or(0, |l: Limits| l.rates[d].map_value());
+            Ok(PerDirection::from_fn(|d| Counters {
+                passed_bytes: rate(d),
+                ..Counters::default()
+            }))
+        }
+
+        fn set_limits(&mut self, limits: &Limits) -> Result<()> {
+            self.limits = Some(*limits);
+            Ok(())
+        }
+    }
+
+    fn state() -> RunState<Recorded> {
+        RunState {
+            name: "t-1".into(),
+            pid: 1,
+            command: vec!["sleep".into(), "1".into()],
+            started: SystemTime::now(),
+            limits: Mutex::new(Limits {
+                rates: PerDirection {
+                    down: Rate::per_sec(1 << 20).unwrap(),
+                    up: Rate::Unlimited,
+                },
+                burst: None,
+            }),
+            programs: Mutex::new(Some(Recorded::default())),
+        }
+    }
+
+    /// The reply to `request`, which must have been done.
+    fn ask<T: serde::de::DeserializeOwned>(state: &RunState<Recorded>, request: &[u8]) -> T {
+        let line = handle(request, state).unwrap();
+        read_reply(line.as_bytes()).unwrap().unwrap()
+    }
 
     #[test]
-    fn numbers_in_requests_hold_the_grammars_bounds() {
-        let rate = |v: Value| amount(&v, "down", crate::cli::limit, RATE);
-        assert_eq!(rate(json!(MAX_RATE)).unwrap(), MAX_RATE);
-        assert_eq!(rate(json!("16G")).unwrap(), MAX_RATE);
-        for too_big in [json!(MAX_RATE + 1), json!(u64::MAX)] {
-            let error = rate(too_big).unwrap_err().to_string();
-            assert!(error.contains("larger than the maximum"), "{error}");
+    fn set_puts_the_new_limits_in_force_and_replies_with_them() {
+        let state = state();
+        let reply: SetReply = ask(
+            &state,
+            br#"{"version":1,"command":"set","down":"unlimited","up":"2M"}"#,
+        );
+        assert_eq!(reply.limits.down.rate, None);
+        assert_eq!(reply.limits.up.rate, Some(2 << 20));
+        let recorded = state.programs.lock().unwrap().as_ref().unwrap().limits;
+        assert_eq!(
+            recorded.map(|l| l.rates[Direction::Down]),
+            Some(Rate::Unlimited)
+        );
+        let stats: Stats = ask(&state, br#"{"version":1,"command":"stats"}"#);
+        assert_eq!(stats.counters.up.passed_bytes, 2 << 20);
+        let info: Info = ask(&state, br#"{"version":1,"command":"info"}"#);
+        assert_eq!(info.limits, reply.limits);
+        assert_eq!(info.command, ["sleep", "1"]);
+    }
+
+    #[test]
+    fn a_refused_set_changes_nothing() {
+        let state = state();
+        let before = *state.limits.lock().unwrap();
+        let refusal = handle(
+            br#"{"version":1,"command":"set","down":"2M","up":"5X"}"#,
+            &state,
+        )
+        .unwrap_err();
+        assert!(refusal.error.starts_with("up: unknown unit"), "{refusal:?}");
+        assert_eq!(*state.limits.lock().unwrap(), before);
+        assert!(
+            state
+                .programs
+                .lock()
+                .unwrap()
+                .as_ref()
+                .unwrap()
+                .limits
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_run_that_is_ending_says_so() {
+        let state = state();
+        state.programs.lock().unwrap().take();
+        for line in [
+            &br#"{"version":1,"command":"stats"}"#[..],
+            br#"{"version":1,"command":"set","down":"1M"}"#,
+        ] {
+            let refusal = handle(line, &state).unwrap_err();
+            assert_eq!(refusal.kind, RefusalKind::Ending);
         }
-        for refused in [json!(0), json!(-1), json!(1.5), json!(true)] {
-            assert!(rate(refused.clone()).is_err(), "{refused}");
-        }
-        let burst = |v: Value| amount(&v, "burst", size, SIZE);
-        assert_eq!(burst(json!(MAX_SIZE)).unwrap(), MAX_SIZE);
-        assert!(burst(json!(u64::MAX)).is_err());
+        assert!(handle(br#"{"version":1,"command":"info"}"#, &state).is_ok());
     }
 }

@@ -8,9 +8,8 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use throttle_common::Limit;
 
-use crate::{bpf, cgroup, privileges, rundir, runs};
+use crate::{bpf, cgroup, limits::Limits, privileges, rundir, sweep};
 
 struct Report {
     failures: usize,
@@ -114,14 +113,14 @@ fn load_and_attach(mount: &Path) -> Result<String> {
     let parent = cgroup::runs_parent(mount)?;
     let path: PathBuf = parent.join(format!("doctor-{}", std::process::id()));
     let scratch = cgroup::RunCgroup::create(&path)?;
-    let programs = bpf::Programs::attach(scratch.dir(), scratch.path(), [Limit::default(); 2])?;
+    let programs = bpf::Programs::attach(scratch.dir(), scratch.path(), &Limits::NONE)?;
     programs.detach(scratch.dir())?;
     scratch.remove()?;
     Ok("load, attach and detach work".into())
 }
 
 fn stale_runs() -> Result<String> {
-    let stale = runs::stale(&rundir::sweepable());
+    let stale = sweep::stale(&rundir::sweepable());
     if let Some(warning) = stale.warnings.first() {
         bail!(
             "{warning}{}",

@@ -15,7 +15,7 @@
 use std::{
     fs::File,
     io::{Read as _, Write as _},
-    os::fd::{AsRawFd as _, BorrowedFd, OwnedFd},
+    os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -30,7 +30,10 @@ use nix::{
     unistd::{ForkResult, Pid, fork, pipe2, setsid},
 };
 
-use crate::{cgroup, rundir::RunDir, runs};
+use crate::{
+    cgroup,
+    rundir::{self, RunDir},
+};
 
 const DONE: u8 = b'd';
 const KILL_WAIT: Duration = Duration::from_secs(5);
@@ -53,9 +56,15 @@ impl Guard {
     /// Forks the watchdog. Must be called while the process has one thread:
     /// the child runs ordinary Rust code after fork.
     ///
-    /// `lock` is the run's lock, which the watchdog holds on to.
-    pub fn start(cleanup: Cleanup, lock: BorrowedFd<'_>) -> Result<Guard> {
-        let keep = [lock.as_raw_fd(), cleanup.runtime_dir.fd().as_raw_fd()];
+    /// The watchdog keeps open the fds in `keep` (the run's lock, so the run
+    /// stays registered until it is done) and the runtime directory; it
+    /// closes every other fd it inherited.
+    pub fn start(cleanup: Cleanup, keep: &[BorrowedFd<'_>]) -> Result<Guard> {
+        let keep: Vec<RawFd> = keep
+            .iter()
+            .map(AsRawFd::as_raw_fd)
+            .chain([cleanup.runtime_dir.fd().as_raw_fd()])
+            .collect();
         // Close-on-exec: a command that inherited the write end would keep the
         // watchdog from ever seeing the wrapper die, and could dismiss it.
         let (read, write) = pipe2(OFlag::O_CLOEXEC).context("creating the watchdog pipe")?;
@@ -97,7 +106,7 @@ impl Drop for Guard {
     }
 }
 
-fn watch(pipe: OwnedFd, cleanup: &Cleanup, keep: &[i32]) -> ! {
+fn watch(pipe: OwnedFd, cleanup: &Cleanup, keep: &[RawFd]) -> ! {
     // Out of the wrapper's session, so a terminal's Ctrl-C or hang-up that
     // ends the wrapper does not end its watchdog before it can clean up.
     let _ = setsid();
@@ -113,8 +122,7 @@ fn watch(pipe: OwnedFd, cleanup: &Cleanup, keep: &[i32]) -> ! {
     }
     close_other_fds(pipe.as_raw_fd(), keep);
     let _ = nix::unistd::chdir("/");
-    // SAFETY: PR_SET_NAME only reads the 16-byte buffer passed.
-    unsafe { libc::prctl(libc::PR_SET_NAME, c"throttle-guard".as_ptr()) };
+    let _ = nix::sys::prctl::set_name(c"throttle-guard");
 
     let mut pipe = File::from(pipe);
     let mut byte = [0u8; 1];
@@ -128,7 +136,7 @@ fn watch(pipe: OwnedFd, cleanup: &Cleanup, keep: &[i32]) -> ! {
 
 fn clean(cleanup: &Cleanup) {
     let result = cgroup::remove_tree(&cleanup.cgroup, KILL_WAIT)
-        .and_then(|()| runs::remove_run_files(&cleanup.runtime_dir, &cleanup.name));
+        .and_then(|()| rundir::remove_run_files(&cleanup.runtime_dir, &cleanup.name));
     // stderr may be gone with the terminal; if so, the next sweep reports instead.
     if let Err(e) = result {
         eprintln!("throttle: cleaning up after run '{}': {e:#}", cleanup.name);
@@ -137,26 +145,23 @@ fn clean(cleanup: &Cleanup) {
 
 /// Closes every fd except stderr, the pipe and `keep`, so the watchdog holds
 /// neither the command's terminal input nor the BPF links open.
-fn close_other_fds(pipe: i32, keep: &[i32]) {
+fn close_other_fds(pipe: RawFd, keep: &[RawFd]) {
     let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
         return;
     };
-    let fds: Vec<i32> = entries
+    let fds: Vec<RawFd> = entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
         .collect();
     for fd in fds {
         if fd != libc::STDERR_FILENO && fd != pipe && !keep.contains(&fd) {
-            // SAFETY: closing fds this process will never use again; the
-            // directory iterator's own fd is already closed.
-            unsafe { libc::close(fd) };
+            // The directory iterator's own fd is already closed, and nothing
+            // in this process uses the others again.
+            let _ = nix::unistd::close(fd);
         }
     }
     if let Ok(null) = File::open("/dev/null") {
-        // SAFETY: dup2 onto stdin/stdout, which were just closed.
-        unsafe {
-            libc::dup2(null.as_raw_fd(), libc::STDIN_FILENO);
-            libc::dup2(null.as_raw_fd(), libc::STDOUT_FILENO);
-        }
+        let _ = nix::unistd::dup2_stdin(&null);
+        let _ = nix::unistd::dup2_stdout(&null);
     }
 }
 

@@ -7,38 +7,29 @@ mod cli;
 mod client;
 mod control;
 mod doctor;
+mod exit;
 mod guard;
+mod limits;
 mod privileges;
+mod protocol;
+mod registration;
+mod run;
 mod rundir;
-mod runs;
 mod spawn;
 mod stats;
 mod supervisor;
+mod sweep;
 
-use std::{
-    ffi::OsStr,
-    path::Path,
-    process::ExitCode,
-    sync::{Arc, Mutex},
-    time::SystemTime,
-};
+use std::process::ExitCode;
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use clap::{CommandFactory as _, Parser as _, error::ErrorKind};
-use throttle_common::{DOWN, UP};
 
 use crate::{
-    cli::{Action, Cli, RunArgs, SummaryFormat},
-    guard::{Cleanup, Guard},
-    rundir::RunDir,
-    runs::Registration,
-    supervisor::{Forwarding, Leftovers},
+    cli::{Action, Cli, RunArgs},
+    protocol::Changes,
+    run::{Plan, Run},
 };
-
-/// throttle itself failed (before, or while tearing down after, the command).
-const EXIT_FAILURE: u8 = 125;
-/// Invalid arguments, as clap and most tools report them.
-const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -55,12 +46,13 @@ fn main() -> ExitCode {
             down,
             up,
             burst,
-        }) => Ok(client::finish(client::set(
-            target.as_deref(),
-            down,
-            up,
-            burst,
-        ))),
+        }) => {
+            let changes = Changes {
+                rates: throttle_common::PerDirection { down, up },
+                burst,
+            };
+            Ok(client::finish(client::set(target.as_deref(), &changes)))
+        }
         Some(Action::Stats {
             target,
             watch,
@@ -82,7 +74,7 @@ fn main() -> ExitCode {
     };
     result.unwrap_or_else(|e| {
         eprintln!("throttle: {e:#}");
-        ExitCode::from(EXIT_FAILURE)
+        ExitCode::from(exit::FAILURE)
     })
 }
 
@@ -105,119 +97,23 @@ fn usage_error(error: &clap::Error) -> ExitCode {
     let message = message.join(" ");
     let message = message.strip_prefix("error: ").unwrap_or(&message);
     eprintln!("throttle: {message} (see 'throttle --help')");
-    ExitCode::from(EXIT_USAGE)
+    ExitCode::from(exit::USAGE)
 }
 
+/// A throttled run: the command's exit status, or why throttle failed.
 fn run(args: RunArgs) -> Result<i32> {
-    privileges::check()?;
-    let mount = cgroup::find_mount()?;
-    let parent = cgroup::runs_parent(&mount)?;
-    let name = args
-        .name
-        .clone()
-        .unwrap_or_else(|| default_name(&args.command[0]));
-    let owner = rundir::owner();
-    cgroup::check_delegation(&mount, &parent, owner.0)?;
-    let runtime_dir = RunDir::for_runs_of(owner)?;
-    for warning in runs::sweep(&rundir::sweepable(), &mount).warnings {
-        eprintln!("throttle: warning: cleaning up after earlier runs: {warning}");
-    }
-
-    let cgroup_path = parent.join(&name);
-    let registration = Registration::claim(&runtime_dir, &name, &cgroup_path)?;
-    let guard = Guard::start(
-        Cleanup::new(&cgroup_path, &runtime_dir, &name)?,
-        registration.lock_fd(),
-    )?;
-    // From here until the command runs, forwarded signals are held and
-    // passed on to it, so none kills the wrapper between creating the
-    // cgroup and starting the command in it. Before, they act as usual and
-    // a `timeout` can stop a set-up that hangs.
-    let forwarding = Forwarding::install()?;
-    let cgroup = cgroup::RunCgroup::create(&cgroup_path)?;
-    let limits = control::Limits {
-        rates: [args.down.unwrap_or(0), args.up.unwrap_or(0)],
-        burst: args.burst,
-    };
-    let programs = bpf::Programs::attach(
-        cgroup.dir(),
-        cgroup.path(),
-        [limits.for_direction(DOWN), limits.for_direction(UP)],
-    )?;
-    let state = Arc::new(control::RunState {
-        name: name.clone(),
-        pid: std::process::id(),
-        command: args
-            .command
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect(),
-        started: SystemTime::now(),
-        limits: Mutex::new(limits),
-        programs: Mutex::new(Some(programs)),
-    });
-    let server = control::Server::start(&runtime_dir, &name, owner, Arc::clone(&state))?;
-    let socket = runtime_dir.path().join(runs::socket_file(&name));
-
-    let env = [
-        ("THROTTLE_NAME", OsStr::new(&name)),
-        ("THROTTLE_SOCKET", socket.as_os_str()),
-    ];
-    let leftovers = Leftovers {
-        kill_after: args.kill_after,
-        wait_all: args.wait_all,
-    };
-    let started = std::time::Instant::now();
-    let code = supervisor::run(&args.command, &env, &cgroup, forwarding, &leftovers)?;
-    drop(server);
-    let programs = state
-        .programs
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take()
-        .context("the run's programs were already taken")?;
-    if let Some(format) = args.summary {
-        let counters = programs.counters()?;
-        let elapsed = started.elapsed();
-        match format {
-            SummaryFormat::Text => eprintln!("{}", stats::summary(&name, &counters, elapsed)),
-            SummaryFormat::Json => eprintln!("{}", stats::summary_json(&name, &counters, elapsed)),
-        }
-    }
-    programs.detach(cgroup.dir())?;
-    cgroup.remove()?;
-    guard.dismiss();
-    drop(registration);
+    let plan = Plan::from_args(args)?;
+    let (run, forwarding) = Run::start(&plan)?;
+    let code = run.supervise(&plan, forwarding)?;
+    run.finish(&plan)?;
     Ok(code)
-}
-
-/// `<command>-<pid>`, with the command's name reduced to what a run name allows.
-fn default_name(command: &OsStr) -> String {
-    let base = Path::new(command)
-        .file_name()
-        .map(|b| b.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let cleaned: String = base
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .skip_while(|c| !c.is_ascii_alphanumeric())
-        .take(cli::MAX_NAME_LEN - 11)
-        .collect();
-    let base = if cleaned.is_empty() { "run" } else { &cleaned };
-    format!("{base}-{}", std::process::id())
 }
 
 /// `throttle cleanup`: fails when something could not be cleaned up.
 fn cleanup() -> Result<ExitCode> {
     privileges::check()?;
     let mount = cgroup::find_mount()?;
-    let sweep = runs::sweep(&rundir::sweepable(), &mount);
+    let sweep = sweep::sweep(&rundir::sweepable(), &mount);
     if sweep.runs.is_empty() && sweep.warnings.is_empty() {
         println!("nothing to clean up");
     }
@@ -230,46 +126,6 @@ fn cleanup() -> Result<ExitCode> {
     Ok(if sweep.warnings.is_empty() {
         ExitCode::SUCCESS
     } else {
-        ExitCode::from(EXIT_FAILURE)
+        ExitCode::from(exit::FAILURE)
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn default_names_are_valid_run_names() {
-        for command in [
-            "wget",
-            "/usr/bin/python3.12",
-            "./my script",
-            "-weird",
-            "ü",
-            "",
-        ] {
-            let name = default_name(OsStr::new(command));
-            assert_eq!(cli::run_name(&name), Ok(name.clone()), "{command}");
-        }
-        let long = "x".repeat(200);
-        assert!(cli::run_name(&default_name(OsStr::new(&long))).is_ok());
-    }
-
-    #[test]
-    fn omitted_limits_are_unlimited_and_bursts_default_by_rate() {
-        let limits = control::Limits {
-            rates: [0, 1 << 20],
-            burst: None,
-        };
-        assert_eq!(limits.for_direction(DOWN).rate, 0);
-        assert_eq!(
-            limits.for_direction(UP).burst,
-            throttle_common::policer::default_burst(1 << 20)
-        );
-        let explicit = control::Limits {
-            burst: Some(4096),
-            ..limits
-        };
-        assert_eq!(explicit.for_direction(UP).burst, 4096);
-    }
 }

@@ -48,6 +48,22 @@ const USER_DIR_PREFIX: &str = "user-";
 pub const LOCK_SUFFIX: &str = ".lock";
 pub const SOCKET_SUFFIX: &str = ".sock";
 
+/// The file run `name` holds its lock in (see `registration`).
+pub fn lock_file(name: &str) -> String {
+    format!("{name}{LOCK_SUFFIX}")
+}
+
+/// The file run `name` serves its control socket at (see `control`).
+pub fn socket_file(name: &str) -> String {
+    format!("{name}{SOCKET_SUFFIX}")
+}
+
+/// Removes run `name`'s files from `dir`; missing ones are fine.
+pub fn remove_run_files(dir: &RunDir, name: &str) -> Result<()> {
+    dir.remove(&socket_file(name))?;
+    dir.remove(&lock_file(name))
+}
+
 /// Who a run belongs to: the user who typed the command, which under sudo
 /// is SUDO_UID rather than root, so they can manage the run without sudo.
 pub fn owner() -> (Uid, Gid) {

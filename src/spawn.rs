@@ -12,12 +12,14 @@ use std::{
     ffi::{CString, OsStr, OsString},
     io,
     os::{
-        fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
+        fd::{AsRawFd as _, BorrowedFd},
         unix::ffi::OsStrExt as _,
     },
 };
 
 use nix::unistd::{Pid, getpid};
+
+use crate::exit;
 
 /// `struct clone_args` up to `cgroup` (CLONE_ARGS_SIZE_VER2), from
 /// include/uapi/linux/sched.h.
@@ -62,13 +64,7 @@ pub fn spawn_in_cgroup(
     envp.push(std::ptr::null());
 
     // exec's errno travels back on a close-on-exec pipe: EOF means exec worked.
-    let mut fds = [0; 2];
-    // SAFETY: fds has room for the two descriptors pipe2 writes.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: pipe2 just returned these two descriptors, owned by nobody else.
-    let (reader, writer) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let (reader, writer) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     let wrapper = getpid().as_raw();
 
     let args = CloneArgs {
@@ -97,11 +93,10 @@ pub fn spawn_in_cgroup(
     drop(writer);
     let pid = Pid::from_raw(pid as i32);
     let mut errno = [0u8; 4];
-    // SAFETY: reading into a 4-byte local buffer from a descriptor we own.
     let n = loop {
-        let n = unsafe { libc::read(reader.as_raw_fd(), errno.as_mut_ptr().cast(), 4) };
-        if n >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-            break n;
+        match nix::unistd::read(&reader, &mut errno) {
+            Err(nix::errno::Errno::EINTR) => {}
+            read => break read?,
         }
     };
     if n == 0 {
@@ -127,16 +122,18 @@ unsafe fn child(
     report: libc::c_int,
     wrapper: libc::pid_t,
 ) -> ! {
-    /// Sends errno to the parent and exits.
+    /// Sends errno to the parent and exits; the parent reports the errno and
+    /// gives its own status, so this one is only seen if the parent is gone.
     unsafe fn fail(report: libc::c_int) -> ! {
         // SAFETY: async-signal-safe calls on a local buffer.
         unsafe {
             let errno = *libc::__errno_location();
             libc::write(report, errno.to_ne_bytes().as_ptr().cast(), 4);
-            libc::_exit(127)
+            libc::_exit(exit::NOT_FOUND.into())
         }
     }
-    // SAFETY (whole body): async-signal-safe system calls on prepared memory.
+    // SAFETY: the whole body makes async-signal-safe system calls on memory
+    // prepared before the clone.
     unsafe {
         // If the wrapper is SIGKILLed, its bpf_links close and the command
         // would run on unthrottled: take it down too.

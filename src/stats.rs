@@ -2,8 +2,8 @@
 
 use std::{fmt::Write as _, time::Duration};
 
-use serde_json::{Value, json};
-use throttle_common::{Counters, DOWN, UP};
+use serde::Serialize;
+use throttle_common::{Counters, PerDirection};
 
 /// Bytes with a binary unit, as the RATE grammar reads them back: "1.50 MiB".
 pub fn bytes(n: u64) -> String {
@@ -27,16 +27,14 @@ pub fn rate(bytes_per_sec: f64) -> String {
 }
 
 /// The --summary line: totals, average rates and drops per direction.
-pub fn summary(name: &str, counters: &[Counters; 2], elapsed: Duration) -> String {
+pub fn summary(name: &str, counters: &PerDirection<Counters>, elapsed: Duration) -> String {
     let secs = elapsed.as_secs_f64().max(1e-3);
     let mut line = format!("throttle: {name}: {:.2} s", elapsed.as_secs_f64());
-    for (label, c) in [
-        ("down", &counters[DOWN as usize]),
-        ("up", &counters[UP as usize]),
-    ] {
+    for (direction, c) in counters.each() {
         let _ = write!(
             line,
-            "; {label} {} ({}), {} dropped in {} packets",
+            "; {} {} ({}), {} dropped in {} packets",
+            direction.name(),
             bytes(c.passed_bytes),
             rate(c.passed_bytes as f64 / secs),
             bytes(c.dropped_bytes),
@@ -46,25 +44,23 @@ pub fn summary(name: &str, counters: &[Counters; 2], elapsed: Duration) -> Strin
     line
 }
 
-/// One direction's counters as the control protocol and `--summary=json` give them.
-pub fn counters_json(c: &Counters) -> Value {
-    json!({
-        "passed_bytes": c.passed_bytes,
-        "passed_packets": c.passed_packets,
-        "dropped_bytes": c.dropped_bytes,
-        "dropped_packets": c.dropped_packets,
-    })
+/// The --summary=json line's fields.
+#[derive(Serialize)]
+struct SummaryJson<'a> {
+    name: &'a str,
+    elapsed: f64,
+    #[serde(flatten)]
+    counters: &'a PerDirection<Counters>,
 }
 
 /// The --summary=json line: exact counts, for scripts and the benchmark.
-pub fn summary_json(name: &str, counters: &[Counters; 2], elapsed: Duration) -> String {
-    json!({
-        "name": name,
-        "elapsed": elapsed.as_secs_f64(),
-        "down": counters_json(&counters[DOWN as usize]),
-        "up": counters_json(&counters[UP as usize]),
+pub fn summary_json(name: &str, counters: &PerDirection<Counters>, elapsed: Duration) -> String {
+    serde_json::to_string(&SummaryJson {
+        name,
+        elapsed: elapsed.as_secs_f64(),
+        counters,
     })
-    .to_string()
+    .expect("a summary always serialises")
 }
 
 #[cfg(test)]
@@ -89,10 +85,13 @@ mod tests {
         };
         let line = summary_json(
             "wget-1",
-            &[down, Counters::default()],
+            &PerDirection {
+                down,
+                up: Counters::default(),
+            },
             Duration::from_secs(2),
         );
-        let v: Value = serde_json::from_str(&line).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["name"], "wget-1");
         assert_eq!(v["elapsed"], 2.0);
         assert_eq!(v["down"]["passed_bytes"], 2 << 20);
@@ -110,7 +109,10 @@ mod tests {
         };
         let line = summary(
             "wget-1",
-            &[down, Counters::default()],
+            &PerDirection {
+                down,
+                up: Counters::default(),
+            },
             Duration::from_secs(2),
         );
         assert_eq!(

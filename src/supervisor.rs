@@ -30,15 +30,11 @@ use signal_hook::{
 
 use crate::{
     cgroup::{self, RunCgroup},
-    spawn,
+    exit, spawn,
 };
 
 /// Signals the wrapper passes on to the command.
 pub const FORWARDED: [i32; 7] = [SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH];
-
-/// Exit statuses for a command that never ran, as env, nice and timeout use them.
-pub const EXIT_NOT_EXECUTABLE: i32 = 126;
-pub const EXIT_NOT_FOUND: i32 = 127;
 
 /// What to do with processes the command leaves in the cgroup.
 pub struct Leftovers {
@@ -102,11 +98,11 @@ fn exec_failure(program: &OsStr, error: &io::Error) -> i32 {
     match error.kind() {
         io::ErrorKind::NotFound => {
             eprintln!("throttle: {program}: command not found");
-            EXIT_NOT_FOUND
+            exit::NOT_FOUND.into()
         }
         _ => {
             eprintln!("throttle: cannot run {program}: {error}");
-            EXIT_NOT_EXECUTABLE
+            exit::NOT_EXECUTABLE.into()
         }
     }
 }
@@ -131,7 +127,7 @@ fn wait(child: Pid, exited: &Mutex<bool>) -> Result<i32> {
         waitpid(child, None).with_context(|| format!("reaping the command (pid {child})"))?;
     Ok(match status {
         WaitStatus::Exited(_, code) => code,
-        WaitStatus::Signaled(_, signal, _) => 128 + signal as i32,
+        WaitStatus::Signaled(_, signal, _) => exit::signalled(signal as i32),
         other => unreachable!("waitpid without WUNTRACED returned {other:?}"),
     })
 }

@@ -10,22 +10,106 @@ pub mod policer;
 pub mod sockets;
 pub mod units;
 
-/// Index of the download (ingress) direction in the per-direction maps.
-pub const DOWN: u32 = 0;
-/// Index of the upload (egress) direction in the per-direction maps.
-pub const UP: u32 = 1;
-/// Number of entries in each per-direction map.
-pub const DIRECTIONS: u32 = 2;
+/// One of the two ways a run's traffic goes. Its value is the index of
+/// the direction's entry in the per-direction maps.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// Download: packets delivered to the run's sockets (ingress).
+    Down = 0,
+    /// Upload: packets the run's sockets send (egress).
+    Up = 1,
+}
 
-/// Names of the maps in the eBPF object, shared so neither side can drift.
+impl Direction {
+    pub const ALL: [Direction; 2] = [Direction::Down, Direction::Up];
+
+    /// The direction's key in the per-direction maps.
+    pub const fn key(self) -> u32 {
+        self as u32
+    }
+
+    /// The word people and the control protocol use for it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Direction::Down => "down",
+            Direction::Up => "up",
+        }
+    }
+}
+
+/// [`Direction::Down`]'s map key, for the eBPF side.
+pub const DOWN: u32 = Direction::Down.key();
+/// [`Direction::Up`]'s map key, for the eBPF side.
+pub const UP: u32 = Direction::Up.key();
+/// Number of entries in each per-direction map.
+pub const DIRECTIONS: u32 = Direction::ALL.len() as u32;
+
+/// One value per direction, indexed by [`Direction`]; serialised as
+/// `{"down": …, "up": …}`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "user",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(deny_unknown_fields)
+)]
+pub struct PerDirection<T> {
+    pub down: T,
+    pub up: T,
+}
+
+impl<T> PerDirection<T> {
+    /// Each direction's value from `f`.
+    pub fn from_fn(mut f: impl FnMut(Direction) -> T) -> Self {
+        PerDirection {
+            down: f(Direction::Down),
+            up: f(Direction::Up),
+        }
+    }
+
+    /// The value of each direction, in [`Direction::ALL`]'s order.
+    pub fn each(&self) -> [(Direction, &T); 2] {
+        [(Direction::Down, &self.down), (Direction::Up, &self.up)]
+    }
+
+    pub fn map<U>(self, mut f: impl FnMut(T) -> U) -> PerDirection<U> {
+        PerDirection {
+            down: f(self.down),
+            up: f(self.up),
+        }
+    }
+}
+
+impl<T> core::ops::Index<Direction> for PerDirection<T> {
+    type Output = T;
+
+    fn index(&self, direction: Direction) -> &T {
+        match direction {
+            Direction::Down => &self.down,
+            Direction::Up => &self.up,
+        }
+    }
+}
+
+impl<T> core::ops::IndexMut<Direction> for PerDirection<T> {
+    fn index_mut(&mut self, direction: Direction) -> &mut T {
+        match direction {
+            Direction::Down => &mut self.down,
+            Direction::Up => &mut self.up,
+        }
+    }
+}
+
+/// Names of the maps userspace opens in the eBPF object: the eBPF side's
+/// statics of the same names (a host test reads the built object to check).
 pub const MAP_LIMITS: &str = "LIMITS";
-pub const MAP_CLOCK: &str = "CLOCK";
 pub const MAP_COUNTERS: &str = "COUNTERS";
-pub const MAP_SOCKETS: &str = "SOCKETS";
-/// Names of the programs in the eBPF object (kernel program names are cut at 15 bytes).
+pub const MAP_TUNING: &str = "TUNING";
+/// Names of the programs in the eBPF object, the eBPF side's functions of
+/// the same names (kernel program names are cut at 15 bytes).
 pub const PROG_DOWN: &str = "throttle_down";
 pub const PROG_UP: &str = "throttle_up";
-pub const PROG_SOCKETS: &str = "throttle_socks";
+pub const PROG_TUNING: &str = "throttle_tuning";
 
 /// A direction's limit as userspace writes it into the `LIMITS` map.
 ///
@@ -39,9 +123,12 @@ pub struct Limit {
     pub burst: u64,
 }
 
-/// Per-direction traffic counters, kept per CPU in the kernel and summed by userspace.
+/// Per-direction traffic counters, kept per CPU in the kernel and summed by
+/// userspace; the control protocol and `--summary=json` carry them by these
+/// field names.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
 pub struct Counters {
     pub passed_bytes: u64,
     pub passed_packets: u64,

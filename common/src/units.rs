@@ -5,7 +5,7 @@
 //! are 1024. Bit units are decimal, as in tc: `kbit` is 1000 bits. A rate may
 //! end in `/s`. Results are whole bytes, rounded down.
 
-use core::fmt;
+use core::{fmt, num::NonZeroU64};
 
 use crate::policer::MAX_RATE;
 
@@ -34,6 +34,52 @@ impl fmt::Display for UnitError {
             UnitError::UnknownUnit => f.write_str("unknown unit"),
             UnitError::Zero => f.write_str("must be more than zero bytes"),
             UnitError::TooLarge { max } => write!(f, "larger than the maximum of {max} bytes"),
+        }
+    }
+}
+
+/// A limit as people give it: none at all, or a positive number of bytes
+/// per second. The maps spell "none" as a rate of 0; nothing else does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rate {
+    Unlimited,
+    PerSec(NonZeroU64),
+}
+
+/// The word that removes a limit, wherever a limit is given.
+pub const UNLIMITED: &str = "unlimited";
+
+impl Rate {
+    /// A RATE, or [`UNLIMITED`] in any case.
+    pub fn parse(text: &str) -> Result<Rate, UnitError> {
+        if text.eq_ignore_ascii_case(UNLIMITED) {
+            return Ok(Rate::Unlimited);
+        }
+        parse_rate(text).and_then(Rate::per_sec)
+    }
+
+    /// A positive number of bytes per second, up to the RATE grammar's maximum.
+    pub fn per_sec(bytes: u64) -> Result<Rate, UnitError> {
+        match NonZeroU64::new(bytes) {
+            None => Err(UnitError::Zero),
+            Some(_) if bytes > MAX_RATE => Err(UnitError::TooLarge { max: MAX_RATE }),
+            Some(rate) => Ok(Rate::PerSec(rate)),
+        }
+    }
+
+    /// The rate as the maps hold it: bytes per second, 0 for unlimited.
+    pub fn map_value(self) -> u64 {
+        match self {
+            Rate::Unlimited => 0,
+            Rate::PerSec(rate) => rate.get(),
+        }
+    }
+
+    /// Bytes per second, or None when unlimited.
+    pub fn bytes_per_sec(self) -> Option<u64> {
+        match self {
+            Rate::Unlimited => None,
+            Rate::PerSec(rate) => Some(rate.get()),
         }
     }
 }
@@ -166,6 +212,20 @@ fn strip_suffix_ignore_case<'a>(text: &'a str, suffix: &str) -> Option<&'a str> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_limit_is_a_rate_or_unlimited_and_never_zero() {
+        assert_eq!(Rate::parse("Unlimited"), Ok(Rate::Unlimited));
+        assert_eq!(Rate::parse("1K").map(Rate::map_value), Ok(1024));
+        assert_eq!(Rate::parse("0"), Err(UnitError::Zero));
+        assert_eq!(Rate::per_sec(0), Err(UnitError::Zero));
+        assert_eq!(
+            Rate::per_sec(MAX_RATE + 1),
+            Err(UnitError::TooLarge { max: MAX_RATE })
+        );
+        assert_eq!(Rate::Unlimited.map_value(), 0);
+        assert_eq!(Rate::Unlimited.bytes_per_sec(), None);
+    }
 
     #[test]
     fn plain_numbers_are_bytes_per_second() {

@@ -38,44 +38,44 @@ use throttle_common::{
     },
 };
 
-#[map(name = "LIMITS")]
+#[map]
 static LIMITS: Array<Limit> = Array::with_max_entries(DIRECTIONS, 0);
 
 /// Each direction's theoretical arrival time (see `throttle_common::policer`).
-#[map(name = "CLOCK")]
+#[map]
 static CLOCK: Array<u64> = Array::with_max_entries(DIRECTIONS, 0);
 
-/// Entry 0 turns the socket hooks on; userspace sets it with the first
-/// limit of the run, so an unlimited run makes no per-segment calls, and a
-/// run that goes back to unlimited still has its clamps undone.
-#[map(name = "SOCKETS")]
-static SOCKETS: Array<u32> = Array::with_max_entries(1, 0);
+/// Entry 0 turns the socket hooks' tuning on; userspace sets it with the
+/// first limit of the run, so an unlimited run makes no per-segment calls,
+/// and a run that goes back to unlimited still has its clamps undone.
+#[map]
+static TUNING: Array<u32> = Array::with_max_entries(1, 0);
 
 /// How many of the cgroup's established TCP connections have sent bulk
 /// data (see `throttle_common::sockets::BULK`); the socket hooks give each
 /// its share of the upload limit.
-#[map(name = "FLOWS")]
+#[map]
 static FLOWS: Array<u64> = Array::with_max_entries(1, 0);
 
 /// The download connections that received data in the current and the
 /// last period (see `throttle_common::sockets::Tally`): only they share the
 /// download limit, so a connection that finished its range or waits hands
 /// its share to the busy ones.
-#[map(name = "TALLIES")]
+#[map]
 static TALLIES: Array<Tally> = Array::with_max_entries(2, 0);
 
 /// Per socket (by cookie), when it was last counted in a tally. An LRU map,
 /// so closed sockets need no removal: a socket evicted while alive is
 /// counted afresh with its next segment.
-#[map(name = "SEEN")]
+#[map]
 static SEEN: LruHashMap<u64, Seen> = LruHashMap::with_max_entries(4096, 0);
 
 /// Per download socket (by cookie), its clock at its share of the limit
 /// (see `throttle_common::fairness`). An LRU map, like SEEN.
-#[map(name = "FAIR")]
+#[map]
 static FAIR: LruHashMap<u64, u64> = LruHashMap::with_max_entries(4096, 0);
 
-#[map(name = "COUNTERS")]
+#[map]
 static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(DIRECTIONS, 0);
 
 const DROP: i32 = 0;
@@ -104,7 +104,7 @@ pub fn throttle_up(ctx: SkBuffContext) -> i32 {
 /// and pacing cap in line with the current limits, so a `throttle set`
 /// reaches existing connections with their next ACK or data segment.
 #[sock_ops]
-pub fn throttle_socks(ctx: SockOpsContext) -> u32 {
+pub fn throttle_tuning(ctx: SockOpsContext) -> u32 {
     let op = ctx.op();
     if op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB || op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB {
         // Asks for a callback per outgoing segment (the header-option
@@ -197,7 +197,7 @@ const TCP_WINDOW_CLAMP: i32 = 10;
 
 #[inline(always)]
 fn tune(ctx: &SockOpsContext, now: u64) {
-    if SOCKETS.get(0).copied().unwrap_or(0) == 0 {
+    if TUNING.get(0).copied().unwrap_or(0) == 0 {
         return;
     }
     let (Some(down), Some(up)) = (LIMITS.get(DOWN), LIMITS.get(UP)) else {

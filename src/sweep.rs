@@ -1,142 +1,33 @@
-//! The registry of runs on this machine: one lock file per live run in its
-//! runtime directory, held with flock for the run's whole life, and the
-//! sweep that removes what dead runs left behind.
+//! The sweep: removing what dead runs left behind, for every run that
+//! starts and for `throttle cleanup`.
 //!
-//! A lock that can be taken belongs to a run whose wrapper is gone, however
-//! it died, because the kernel releases flocks with the last fd. That is what
-//! makes the sweep safe against live runs: it only ever touches runs whose
-//! lock it holds. What makes it safe against other users is where it looks
-//! ([`rundir::sweepable`]) and what it believes: a record is read bounded,
-//! from a regular file only the run's own uid could have written, and the
-//! cgroup it names must pass [`cgroup::recorded_run`] before anything in it
-//! is killed.
+//! It only ever touches runs whose lock it holds (see `registration`),
+//! which makes it safe against live runs. What makes it safe against other
+//! users is where it looks ([`rundir::sweepable`]) and what it believes: a
+//! record is read bounded, from a regular file only the run's own uid could
+//! have written, and the cgroup it names must pass [`cgroup::recorded_run`]
+//! before anything in it is killed.
 
 use std::{
     fs::File,
-    io::Read as _,
     path::{Path, PathBuf},
     time::Duration,
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use nix::{
     errno::Errno,
     fcntl::{Flock, FlockArg},
-    unistd::{Uid, getpid},
+    unistd::Uid,
 };
 
 use crate::{
     bpf, cgroup,
-    rundir::{LOCK_SUFFIX, RunDir, SOCKET_SUFFIX},
+    registration::read_record,
+    rundir::{LOCK_SUFFIX, RunDir, lock_file, socket_file},
 };
 
 const STALE_KILL_WAIT: Duration = Duration::from_secs(5);
-/// A record is two short lines; anything longer was not written by a run.
-const MAX_RECORD: u64 = 4096;
-
-pub fn lock_file(name: &str) -> String {
-    format!("{name}{LOCK_SUFFIX}")
-}
-
-pub fn socket_file(name: &str) -> String {
-    format!("{name}{SOCKET_SUFFIX}")
-}
-
-/// A live run's claim on its name, released (and its file removed) on drop.
-pub struct Registration {
-    dir: RunDir,
-    file: String,
-    lock: Flock<File>,
-}
-
-impl Registration {
-    /// Claims `name` for this process and records its cgroup for the sweep.
-    pub fn claim(dir: &RunDir, name: &str, cgroup: &Path) -> Result<Registration> {
-        let file = lock_file(name);
-        let shown = dir.path().join(&file);
-        let record = format!("pid {}\ncgroup {}\n", getpid(), cgroup.display());
-        for _ in 0..3 {
-            match dir.create_locked(&file, record.as_bytes()) {
-                Ok(lock) => {
-                    return Ok(Registration {
-                        dir: dir.try_clone()?,
-                        file,
-                        lock,
-                    });
-                }
-                Err(e) if e.downcast_ref::<Errno>() == Some(&Errno::EEXIST) => {}
-                Err(e) => return Err(e),
-            }
-            // Taken: by a live run, or by a dead one no sweep has removed yet.
-            let existing = match dir.open_lock(&file) {
-                Ok(existing) => existing,
-                Err(e) if e.downcast_ref::<Errno>() == Some(&Errno::ENOENT) => continue,
-                Err(e) => return Err(e),
-            };
-            match Flock::lock(existing, FlockArg::LockExclusiveNonblock) {
-                Ok(dead) => {
-                    if dir.holds(&file, &dead) {
-                        dir.remove(&file)?;
-                    }
-                }
-                Err((mut live, Errno::EWOULDBLOCK)) => {
-                    let owner = read_record(&mut live).map(|r| r.pid).unwrap_or_default();
-                    bail!(
-                        "a run named '{name}' is already active (pid {owner}); choose another --name"
-                    );
-                }
-                Err((_, e)) => {
-                    return Err(e).with_context(|| format!("locking {}", shown.display()));
-                }
-            }
-        }
-        bail!("could not claim {}: it keeps being taken", shown.display())
-    }
-
-    /// The fd holding the lock, for the watchdog to inherit.
-    pub fn lock_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        std::os::fd::AsFd::as_fd(&*self.lock)
-    }
-}
-
-impl Drop for Registration {
-    fn drop(&mut self) {
-        // Unlink while still holding the lock, so nobody takes a lock on a
-        // file that is about to disappear.
-        if self.dir.holds(&self.file, &self.lock)
-            && let Err(e) = self.dir.remove(&self.file)
-        {
-            eprintln!("throttle: {e:#}");
-        }
-    }
-}
-
-struct Record {
-    pid: i32,
-    cgroup: Option<String>,
-}
-
-/// Reads a lock file's record, at most [`MAX_RECORD`] bytes of UTF-8.
-fn read_record(file: &mut File) -> Result<Record> {
-    let mut bytes = Vec::new();
-    file.take(MAX_RECORD + 1).read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > MAX_RECORD {
-        bail!("longer than {MAX_RECORD} bytes");
-    }
-    let text = std::str::from_utf8(&bytes).context("not UTF-8")?;
-    let mut record = Record {
-        pid: 0,
-        cgroup: None,
-    };
-    for line in text.lines() {
-        match line.split_once(' ') {
-            Some(("pid", pid)) => record.pid = pid.parse().unwrap_or(0),
-            Some(("cgroup", path)) => record.cgroup = Some(path.to_string()),
-            _ => {}
-        }
-    }
-    Ok(record)
-}
 
 /// What a sweep did, and what it passed over.
 #[derive(Default)]
@@ -285,10 +176,4 @@ fn has_programs(cgroup: &Path) -> bool {
         bpf::attached_program_ids(std::os::fd::AsFd::as_fd(&dir), hook)
             .is_ok_and(|ids| !ids.is_empty())
     })
-}
-
-/// Removes a run's files from its runtime directory; missing ones are fine.
-pub fn remove_run_files(dir: &RunDir, name: &str) -> Result<()> {
-    dir.remove(&socket_file(name))?;
-    dir.remove(&lock_file(name))
 }

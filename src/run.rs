@@ -1,0 +1,193 @@
+//! One run, in the order of the README's "How a run works": a [`Plan`]
+//! (step 1), then [`Run::start`] (steps 2–6), [`Run::supervise`] (7–8) and
+//! [`Run::finish`] (9).
+
+use std::{
+    ffi::{OsStr, OsString},
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::{Instant, SystemTime},
+};
+
+use anyhow::{Context as _, Result};
+use nix::unistd::{Gid, Uid};
+use throttle_common::{PerDirection, units::Rate};
+
+use crate::{
+    bpf::Programs,
+    cgroup::{self, RunCgroup},
+    cli::{self, RunArgs, SummaryFormat},
+    control::{self, RunState},
+    guard::{Cleanup, Guard},
+    limits::Limits,
+    privileges,
+    registration::Registration,
+    rundir::{self, RunDir},
+    stats,
+    supervisor::{self, Forwarding, Leftovers},
+    sweep,
+};
+
+/// What a run will be, decided before anything is created.
+pub struct Plan {
+    name: String,
+    command: Vec<OsString>,
+    limits: Limits,
+    leftovers: Leftovers,
+    summary: Option<SummaryFormat>,
+    owner: (Uid, Gid),
+    mount: PathBuf,
+    cgroup: PathBuf,
+}
+
+impl Plan {
+    /// Step 1, the preflight: what the run needs is here, and its name and
+    /// cgroup are decided.
+    pub fn from_args(args: RunArgs) -> Result<Plan> {
+        privileges::check()?;
+        let mount = cgroup::find_mount()?;
+        let parent = cgroup::runs_parent(&mount)?;
+        let name = args
+            .name
+            .unwrap_or_else(|| cli::default_name(&args.command[0], std::process::id()));
+        let owner = rundir::owner();
+        cgroup::check_delegation(&mount, &parent, owner.0)?;
+        Ok(Plan {
+            cgroup: parent.join(&name),
+            name,
+            command: args.command,
+            limits: Limits {
+                rates: PerDirection {
+                    down: args.down.unwrap_or(Rate::Unlimited),
+                    up: args.up.unwrap_or(Rate::Unlimited),
+                },
+                burst: args.burst,
+            },
+            leftovers: Leftovers {
+                kill_after: args.kill_after,
+                wait_all: args.wait_all,
+            },
+            summary: args.summary,
+            owner,
+            mount,
+        })
+    }
+}
+
+/// A started run. Its fields are declared in teardown order, and Rust drops
+/// fields in declaration order: on an error or a panic the run comes down
+/// as step 9 takes it down — socket closed, programs detached (their links
+/// close with them), cgroup removed, watchdog dismissed, lock released.
+/// [`Run::finish`] takes the same steps one by one and proves each.
+pub struct Run {
+    server: control::Server,
+    state: Arc<RunState>,
+    cgroup: RunCgroup,
+    guard: Guard,
+    registration: Registration,
+    socket: PathBuf,
+    started: Instant,
+}
+
+impl Run {
+    /// Steps 2–6: sweep, register, watchdog, cgroup, programs; and the
+    /// control socket. The forwarded signals are held from here until the
+    /// command runs (see [`Forwarding`]).
+    pub fn start(plan: &Plan) -> Result<(Run, Forwarding)> {
+        let runtime_dir = RunDir::for_runs_of(plan.owner)?;
+        for warning in sweep::sweep(&rundir::sweepable(), &plan.mount).warnings {
+            eprintln!("throttle: warning: cleaning up after earlier runs: {warning}");
+        }
+        let registration = Registration::claim(&runtime_dir, &plan.name, &plan.cgroup)?;
+        let guard = Guard::start(
+            Cleanup::new(&plan.cgroup, &runtime_dir, &plan.name)?,
+            &[registration.lock_fd()],
+        )?;
+        // From here until the command runs, forwarded signals are held and
+        // passed on to it, so none kills the wrapper between creating the
+        // cgroup and starting the command in it. Before, they act as usual
+        // and a `timeout` can stop a set-up that hangs.
+        let forwarding = Forwarding::install()?;
+        let cgroup = RunCgroup::create(&plan.cgroup)?;
+        let programs = Programs::attach(cgroup.dir(), cgroup.path(), &plan.limits)?;
+        let state = Arc::new(RunState {
+            name: plan.name.clone(),
+            pid: std::process::id(),
+            command: plan
+                .command
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect(),
+            started: SystemTime::now(),
+            limits: Mutex::new(plan.limits),
+            programs: Mutex::new(Some(programs)),
+        });
+        let server =
+            control::Server::start(&runtime_dir, &plan.name, plan.owner, Arc::clone(&state))?;
+        let socket = runtime_dir.path().join(rundir::socket_file(&plan.name));
+        let run = Run {
+            server,
+            state,
+            cgroup,
+            guard,
+            registration,
+            socket,
+            started: Instant::now(),
+        };
+        Ok((run, forwarding))
+    }
+
+    /// Steps 7–8: runs the command in the cgroup, forwards signals, deals
+    /// with its leftovers, and returns its exit status.
+    pub fn supervise(&self, plan: &Plan, forwarding: Forwarding) -> Result<i32> {
+        let env = [
+            ("THROTTLE_NAME", OsStr::new(&plan.name)),
+            ("THROTTLE_SOCKET", self.socket.as_os_str()),
+        ];
+        supervisor::run(
+            &plan.command,
+            &env,
+            &self.cgroup,
+            forwarding,
+            &plan.leftovers,
+        )
+    }
+
+    /// Step 9: stops serving, prints the summary, detaches the programs
+    /// (proving it with the kernel's list), removes the cgroup, dismisses
+    /// the watchdog and releases the name.
+    pub fn finish(self, plan: &Plan) -> Result<()> {
+        let Run {
+            server,
+            state,
+            cgroup,
+            guard,
+            registration,
+            started,
+            ..
+        } = self;
+        drop(server);
+        let programs = state
+            .programs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .context("the run's programs were already taken")?;
+        if let Some(format) = plan.summary {
+            let counters = programs.counters()?;
+            let elapsed = started.elapsed();
+            eprintln!(
+                "{}",
+                match format {
+                    SummaryFormat::Text => stats::summary(&plan.name, &counters, elapsed),
+                    SummaryFormat::Json => stats::summary_json(&plan.name, &counters, elapsed),
+                }
+            );
+        }
+        programs.detach(cgroup.dir())?;
+        cgroup.remove()?;
+        guard.dismiss();
+        drop(registration);
+        Ok(())
+    }
+}
