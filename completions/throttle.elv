@@ -23,7 +23,7 @@ set edit:completion:arg-completer[throttle] = {|@words|
             cand --burst 'Bucket depth: how far a burst may run ahead of the rate [default: 250 ms of the rate, at least 16K]'
             cand --name 'Name of the run, for ''throttle list/set/stats'' [default: COMMAND-PID]'
             cand --kill-after 'After COMMAND exits, how long processes it left behind get between SIGTERM and SIGKILL'
-            cand --summary 'At exit, print one line on stderr: bytes, duration, average rates and drops per direction'
+            cand --summary 'At exit, print one line on stderr: bytes, duration, average rates and drops per direction. UDP sent over the upload limit is dropped without telling the sender (iperf3 reports 0% loss): its drops are counted here and in ''throttle stats'''
             cand --wait-all 'After COMMAND exits, wait for the processes it left behind (still throttled) instead of killing them'
             cand -h 'Print help (see more with ''--help'')'
             cand --help 'Print help (see more with ''--help'')'

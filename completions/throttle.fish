@@ -29,7 +29,7 @@ complete -c throttle -n "__fish_throttle_needs_command" -l up -d 'Limit the uplo
 complete -c throttle -n "__fish_throttle_needs_command" -l burst -d 'Bucket depth: how far a burst may run ahead of the rate [default: 250 ms of the rate, at least 16K]' -r
 complete -c throttle -n "__fish_throttle_needs_command" -l name -d 'Name of the run, for \'throttle list/set/stats\' [default: COMMAND-PID]' -r
 complete -c throttle -n "__fish_throttle_needs_command" -l kill-after -d 'After COMMAND exits, how long processes it left behind get between SIGTERM and SIGKILL' -r
-complete -c throttle -n "__fish_throttle_needs_command" -l summary -d 'At exit, print one line on stderr: bytes, duration, average rates and drops per direction' -r -f -a "text\t'For people: units and rounding'
+complete -c throttle -n "__fish_throttle_needs_command" -l summary -d 'At exit, print one line on stderr: bytes, duration, average rates and drops per direction. UDP sent over the upload limit is dropped without telling the sender (iperf3 reports 0% loss): its drops are counted here and in \'throttle stats\'' -r -f -a "text\t'For people: units and rounding'
 json\t'One JSON object with exact byte and packet counts, for scripts'"
 complete -c throttle -n "__fish_throttle_needs_command" -l wait-all -d 'After COMMAND exits, wait for the processes it left behind (still throttled) instead of killing them'
 complete -c throttle -n "__fish_throttle_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'

@@ -6,7 +6,9 @@ use std::{ffi::OsStr, ffi::OsString, path::Path, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use clap_complete::Shell;
-use throttle_common::units::{RATE_FORMS, Rate, SIZE_FORMS, UNLIMITED, parse_rate, parse_size};
+use throttle_common::units::{
+    RATE_FORMS, Rate, SIZE_FORMS, UNLIMITED, UnitError, parse_rate, parse_size,
+};
 
 const ABOUT: &str = "Run a command with its network bandwidth limited, in the kernel";
 
@@ -23,7 +25,11 @@ const AFTER_HELP: &str = "\
 RATE: a positive number of bytes per second, decimals allowed, with an optional
 case-insensitive unit: K, KB, KiB = 1024; M, MB, MiB = 1024^2; G, GB, GiB = 1024^3
 (as in curl and wget); kbit, mbit, gbit = 1000, 1000^2, 1000^3 bits/s (as in tc).
-A trailing /s is allowed. SIZE takes the same byte units.
+A trailing /s is allowed. A bare number is bytes/s, as in curl and wget (not
+KiB/s, as in trickle). SIZE takes the same byte units.
+
+DURATION, INTERVAL: seconds, decimals allowed (5, 0.5), as timeout, sleep and
+watch -n take them; or with units: 500ms, 1m30s, 2min.
 
 Exit status: the command's own; 128+N if it died of signal N; 125 if throttle
 failed before the command ran; 126 if the command is not executable; 127 if it
@@ -72,14 +78,15 @@ pub struct RunArgs {
     pub name: Option<String>,
 
     /// After COMMAND exits, how long processes it left behind get between SIGTERM and SIGKILL
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = duration)]
     pub kill_after: Duration,
 
     /// After COMMAND exits, wait for the processes it left behind (still throttled) instead of killing them
     #[arg(long)]
     pub wait_all: bool,
 
-    /// At exit, print one line on stderr: bytes, duration, average rates and drops per direction
+    /// At exit, print one line on stderr: bytes, duration, average rates and drops per direction.
+    /// UDP sent over the upload limit is dropped without telling the sender (iperf3 reports 0% loss): its drops are counted here and in 'throttle stats'
     #[arg(
         long,
         value_name = "FORMAT",
@@ -142,7 +149,7 @@ pub enum Action {
         #[arg(value_name = "NAME|PID")]
         target: Option<String>,
         /// Keep refreshing every INTERVAL [default: 1s]
-        #[arg(long, value_name = "INTERVAL", num_args = 0..=1, default_missing_value = "1s", value_parser = humantime::parse_duration)]
+        #[arg(long, value_name = "INTERVAL", num_args = 0..=1, default_missing_value = "1", value_parser = interval)]
         watch: Option<Duration>,
         /// JSON lines, for scripts
         #[arg(long)]
@@ -158,16 +165,55 @@ pub enum Action {
 fn rate(text: &str) -> Result<Rate, String> {
     parse_rate(text)
         .and_then(Rate::per_sec)
-        .map_err(|e| format!("{e}; expected {RATE_FORMS}"))
+        .map_err(|e| rate_error(text, e, ""))
 }
 
 /// A RATE, or "unlimited" to remove a limit.
 fn limit(text: &str) -> Result<Rate, String> {
-    Rate::parse(text).map_err(|e| format!("{e}; expected {RATE_FORMS}, or '{UNLIMITED}'"))
+    Rate::parse(text).map_err(|e| rate_error(text, e, &format!(", or '{UNLIMITED}'")))
+}
+
+/// Why `text` is no RATE, and the forms that are; an ambiguous unit gets
+/// the two values it could have meant, spelled so each means one thing.
+fn rate_error(text: &str, error: UnitError, or: &str) -> String {
+    match error {
+        UnitError::Ambiguous { bits, bytes } => {
+            let number = text.trim_end_matches(|c: char| c.is_ascii_alphabetic() || c == '/');
+            format!(
+                "ambiguous unit: for bits/s (as ISPs and tc mean it) write '{number}{bits}', \
+                 for bytes/s (as curl and wget mean it) write '{number}{bytes}'"
+            )
+        }
+        other => format!("{other}; expected {RATE_FORMS}{or}"),
+    }
 }
 
 fn size(text: &str) -> Result<u64, String> {
     parse_size(text).map_err(|e| format!("{e}; expected {SIZE_FORMS}"))
+}
+
+const DURATION_FORMS: &str = "expected seconds (5, 0.5) or a duration with units (500ms, 1m30s)";
+
+/// A DURATION: bare seconds, as `timeout`, `sleep` and `watch -n` take
+/// them, or humantime's forms.
+pub fn duration(text: &str) -> Result<Duration, String> {
+    let bare = !text.is_empty() && text.chars().all(|c| c.is_ascii_digit() || c == '.');
+    if bare {
+        return text
+            .parse::<f64>()
+            .ok()
+            .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+            .ok_or_else(|| format!("not a number of seconds; {DURATION_FORMS}"));
+    }
+    humantime::parse_duration(text).map_err(|e| format!("{e}; {DURATION_FORMS}"))
+}
+
+/// A DURATION that is more than zero, for repeating intervals.
+fn interval(text: &str) -> Result<Duration, String> {
+    match duration(text)? {
+        Duration::ZERO => Err(format!("must be more than zero; {DURATION_FORMS}")),
+        interval => Ok(interval),
+    }
 }
 
 /// Longest accepted run name; it becomes a cgroup and a file name.
@@ -281,11 +327,56 @@ mod tests {
     }
 
     #[test]
-    fn durations_use_humantime() {
+    fn mbps_is_refused_with_both_readings_spelled_out() {
+        let err = parse(&["--down", "10Mbps", "true"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("'10Mbps'") && err.contains("'10mbit'") && err.contains("'10M'"),
+            "{err}"
+        );
+        let err = parse(&["set", "--up", "1.5kbps"]).unwrap_err().to_string();
+        assert!(err.contains("'1.5kbit'") && err.contains("'1.5K'"), "{err}");
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("A bare number is bytes/s"), "{help}");
+    }
+
+    #[test]
+    fn durations_are_bare_seconds_or_humantime() {
         let cli = parse(&["--kill-after", "1m 30s", "--wait-all", "true"]).unwrap();
         assert_eq!(cli.run.kill_after, Duration::from_secs(90));
         assert!(cli.run.wait_all);
-        assert!(parse(&["--kill-after", "soon", "true"]).is_err());
+        let kill_after =
+            |text: &str| parse(&["--kill-after", text, "true"]).map(|c| c.run.kill_after);
+        assert_eq!(kill_after("5").unwrap(), Duration::from_secs(5));
+        assert_eq!(kill_after("0.25").unwrap(), Duration::from_millis(250));
+        assert_eq!(kill_after("0").unwrap(), Duration::ZERO);
+        assert_eq!(kill_after("500ms").unwrap(), Duration::from_millis(500));
+        for bad in ["soon", "1.2.3", ".", "1e3", "inf"] {
+            let err = kill_after(bad).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("'{bad}'")) && err.contains("500ms"),
+                "{err}"
+            );
+        }
+        let watch = |args: &[&str]| match parse(args).map(|c| c.action) {
+            Ok(Some(Action::Stats { watch, .. })) => Ok(watch),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e),
+        };
+        assert_eq!(
+            watch(&["stats", "--watch", "1"]).unwrap(),
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(
+            watch(&["stats", "ci", "--watch"]).unwrap(),
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(
+            watch(&["stats", "--watch", "0.5", "ci"]).unwrap(),
+            Some(Duration::from_millis(500))
+        );
+        assert!(watch(&["stats", "--watch", "0"]).is_err());
     }
 
     #[test]

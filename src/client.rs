@@ -8,7 +8,7 @@ use std::{
     path::{Path, PathBuf},
     process::ExitCode,
     thread,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use serde::{Serialize, de::DeserializeOwned};
@@ -270,9 +270,13 @@ fn rates(before: &Stats, after: &Stats, over: Duration) -> PerDirection<f64> {
     })
 }
 
-/// A `stats --watch --json` line.
+/// A `stats --json` line (README, "Changing a running command").
 #[derive(Serialize)]
 struct Sample<'a> {
+    /// When the sample was taken, in Unix time.
+    time: f64,
+    /// The run's age then, in seconds.
+    elapsed: f64,
     down_rate: f64,
     up_rate: f64,
     #[serde(flatten)]
@@ -302,6 +306,10 @@ pub fn stats(target: Option<&str>, watch: Option<Duration>, as_json: bool) -> Ou
         let rate = rates(&before, &after, over);
         if as_json {
             let sample = Sample {
+                time: SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0.0, |d| d.as_secs_f64()),
+                elapsed: after.elapsed,
                 down_rate: rate.down,
                 up_rate: rate.up,
                 counters: &after.counters,
@@ -421,14 +429,45 @@ pub fn list(as_json: bool) -> Outcome<()> {
     Ok(())
 }
 
+/// The width of the terminal standard output is, if it is one.
+fn terminal_width() -> Option<usize> {
+    if !std::io::stdout().is_terminal() {
+        return None;
+    }
+    let mut size = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes one struct winsize into the one passed.
+    let ok = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut size) } == 0;
+    (ok && size.ws_col > 0).then_some(usize::from(size.ws_col))
+}
+
+/// `line` cut to `width` characters with an ellipsis, if a width is given.
+fn fit(line: String, width: Option<usize>) -> String {
+    match width {
+        Some(width) if line.chars().count() > width => {
+            let mut cut: String = line.chars().take(width.saturating_sub(1)).collect();
+            cut.push('…');
+            cut
+        }
+        _ => line,
+    }
+}
+
 fn print_table(rows: &[Row]) {
-    println!(
+    // Only the last column, COMMAND, is long; piped, lines stay whole.
+    let width = terminal_width();
+    let header = format!(
         "{:<24} {:>8} {:>13} {:>13} {:>13} {:>13} {:>11} {:>11}  COMMAND",
         "NAME", "PID", "DOWN LIMIT", "UP LIMIT", "DOWN RATE", "UP RATE", "DOWN TOTAL", "UP TOTAL"
     );
+    println!("{}", fit(header, width));
     for row in rows {
-        match row {
-            Row::Unreadable { name, error } => println!(
+        let line = match row {
+            Row::Unreadable { name, error } => format!(
                 "{:<24} {:>8} {:>13} {:>13} {:>13} {:>13} {:>11} {:>11}  (unreadable: {})",
                 printable(name),
                 "-",
@@ -448,7 +487,7 @@ fn print_table(rows: &[Row]) {
                 down_rate,
                 up_rate,
                 counters,
-            } => println!(
+            } => format!(
                 "{:<24} {:>8} {:>13} {:>13} {:>13} {:>13} {:>11} {:>11}  {}",
                 printable(name),
                 pid,
@@ -460,7 +499,8 @@ fn print_table(rows: &[Row]) {
                 stats::bytes(counters.up.passed_bytes),
                 printable(&command.join(" ")),
             ),
-        }
+        };
+        println!("{}", fit(line, width));
     }
 }
 
@@ -475,5 +515,14 @@ mod tests {
         assert_eq!(printable("x\u{202e}y\u{9b}"), "x\\u{202e}y\\u{9b}");
         assert_eq!(printable("tab\there\nnew"), "tab\\there\\nnew");
         assert_eq!(printable("grüße"), "grüße");
+    }
+
+    #[test]
+    fn a_line_too_wide_for_the_terminal_ends_in_an_ellipsis() {
+        assert_eq!(fit("wget -q url".into(), Some(8)), "wget -q…");
+        assert_eq!(fit("wget".into(), Some(8)), "wget");
+        assert_eq!(fit("grüße aus".into(), Some(5)), "grüß…");
+        let long = "x".repeat(300);
+        assert_eq!(fit(long.clone(), None), long);
     }
 }

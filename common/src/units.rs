@@ -13,7 +13,7 @@ use crate::policer::MAX_RATE;
 pub const MAX_SIZE: u64 = 1 << 34;
 
 /// Accepted forms, quoted in every error so a user can fix the value in one go.
-pub const RATE_FORMS: &str = "a positive number of bytes/s with an optional unit: \
+pub const RATE_FORMS: &str = "a positive number of bytes/s (a bare number is bytes/s, not KiB/s as in trickle) with an optional unit: \
      K/KB/KiB, M/MB/MiB, G/GB/GiB (x1024 bytes) or kbit, mbit, gbit (x1000 bits), e.g. 500K, 1.5M, 20mbit";
 pub const SIZE_FORMS: &str = "a positive number of bytes with an optional unit: K/KB/KiB, M/MB/MiB, G/GB/GiB (x1024), e.g. 64K, 1M";
 
@@ -23,7 +23,15 @@ pub enum UnitError {
     NotANumber,
     UnknownUnit,
     Zero,
-    TooLarge { max: u64 },
+    TooLarge {
+        max: u64,
+    },
+    /// `Mbps` and its kin: ISPs mean megabits, tc means megabytes. `bits`
+    /// and `bytes` are the units that say each.
+    Ambiguous {
+        bits: &'static str,
+        bytes: &'static str,
+    },
 }
 
 impl fmt::Display for UnitError {
@@ -34,6 +42,10 @@ impl fmt::Display for UnitError {
             UnitError::UnknownUnit => f.write_str("unknown unit"),
             UnitError::Zero => f.write_str("must be more than zero bytes"),
             UnitError::TooLarge { max } => write!(f, "larger than the maximum of {max} bytes"),
+            UnitError::Ambiguous { bits, bytes } => write!(
+                f,
+                "ambiguous unit: {bits} for bits/s (as ISPs and tc mean), {bytes} for bytes/s (as curl and wget mean)"
+            ),
         }
     }
 }
@@ -125,14 +137,29 @@ fn bit_unit(unit: &str) -> Option<Scale> {
     lookup(BIT_UNITS, unit).map(|num| Scale { num, den: 8 })
 }
 
+/// `…bps` units, which people read both ways, and the units that say each reading.
+const AMBIGUOUS_UNITS: &[(&str, &str, &str)] = &[
+    ("kbps", "kbit", "K"),
+    ("mbps", "mbit", "M"),
+    ("gbps", "gbit", "G"),
+];
+
 /// Parses a RATE in bytes per second.
 pub fn parse_rate(text: &str) -> Result<u64, UnitError> {
     let body = strip_suffix_ignore_case(text, "/s").unwrap_or(text);
-    parse(
+    let parsed = parse(
         body,
         |unit| byte_unit(unit).or_else(|| bit_unit(unit)),
         MAX_RATE,
-    )
+    );
+    if parsed == Err(UnitError::UnknownUnit) {
+        for &(unit, bits, bytes) in AMBIGUOUS_UNITS {
+            if strip_suffix_ignore_case(text, unit).is_some() {
+                return Err(UnitError::Ambiguous { bits, bytes });
+            }
+        }
+    }
+    parsed
 }
 
 /// Parses a SIZE in bytes.
@@ -212,6 +239,23 @@ fn strip_suffix_ignore_case<'a>(text: &'a str, suffix: &str) -> Option<&'a str> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bps_units_are_refused_with_both_readings() {
+        for text in ["10Mbps", "10mbps", "1.5KBPS", "2gbps"] {
+            assert!(
+                matches!(parse_rate(text), Err(UnitError::Ambiguous { .. })),
+                "{text}"
+            );
+        }
+        assert_eq!(
+            parse_rate("10Mbps"),
+            Err(UnitError::Ambiguous {
+                bits: "mbit",
+                bytes: "M"
+            })
+        );
+    }
 
     #[test]
     fn a_limit_is_a_rate_or_unlimited_and_never_zero() {
@@ -296,7 +340,11 @@ mod tests {
         assert_eq!(parse_rate("5X"), Err(UnitError::UnknownUnit));
         assert_eq!(parse_rate("5 M"), Err(UnitError::UnknownUnit));
         assert_eq!(parse_rate(" 5M"), Err(UnitError::NotANumber));
-        assert_eq!(parse_rate("5Mbps"), Err(UnitError::UnknownUnit));
+        assert!(matches!(
+            parse_rate("5Mbps"),
+            Err(UnitError::Ambiguous { .. })
+        ));
+        assert_eq!(parse_rate("Mbps"), Err(UnitError::NotANumber));
         assert_eq!(parse_rate("5kbits"), Err(UnitError::UnknownUnit));
         assert_eq!(parse_size("5kbit"), Err(UnitError::UnknownUnit));
         assert_eq!(parse_rate("1.0000000001M"), Err(UnitError::NotANumber));

@@ -80,9 +80,10 @@ static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(DIRECTION
 
 const DROP: i32 = 0;
 const PASS: i32 = 1;
-/// Egress only: drop and report congestion (NET_XMIT_DROP). TCP keeps the
-/// segment queued and enters CWR instead of treating it as loss, and UDP
-/// senders see ENOBUFS rather than a baffling EPERM.
+/// Egress only: drop and report congestion (NET_XMIT_CN). TCP keeps the
+/// segment queued and enters CWR instead of treating it as loss; a UDP send
+/// succeeds rather than failing with a baffling EPERM, so UDP senders never
+/// learn of the drop (README, "How limits are enforced").
 const DROP_CONGESTED: i32 = 2;
 
 #[cgroup_skb(ingress)]

@@ -46,8 +46,12 @@ enum Task {
         #[arg(long)]
         check: bool,
     },
-    /// Write the man page to target/man/throttle.1
-    Man,
+    /// Regenerate the man page checked in as man/throttle.1
+    Man {
+        /// Only check that the checked-in page is current
+        #[arg(long)]
+        check: bool,
+    },
     /// Download from a local server through `throttle --down 1M` and show the achieved rate (needs root)
     Demo,
     /// Measure throttle against trickle and no limiter; writes target/bench/report.md (needs root)
@@ -122,7 +126,8 @@ fn main() -> Result<()> {
     match Xtask::parse().task {
         Task::Completions { check: false } => write_completions(&root.join("completions")),
         Task::Completions { check: true } => check_completions(&root.join("completions")),
-        Task::Man => write_man(&root.join("target/man")),
+        Task::Man { check: false } => write_man(&root.join(MAN_PAGE)),
+        Task::Man { check: true } => check_man(&root.join(MAN_PAGE)),
         Task::Demo => demo::run(&root),
         Task::Bench {
             quick,
@@ -271,15 +276,36 @@ fn check_completions(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn write_man(dir: &Path) -> Result<()> {
-    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let path = dir.join("throttle.1");
+/// The man page, checked in so that packagers and readers of the source
+/// have it without building.
+const MAN_PAGE: &str = "man/throttle.1";
+
+fn man_page() -> Vec<u8> {
     let mut out = Vec::new();
     clap_mangen::Man::new(cli::Cli::command())
         .render(&mut out)
-        .context("rendering the man page")?;
-    fs::write(&path, out).with_context(|| format!("writing {}", path.display()))?;
+        .expect("rendering into memory cannot fail");
+    out
+}
+
+fn write_man(path: &Path) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    fs::write(path, man_page()).with_context(|| format!("writing {}", path.display()))?;
     println!("wrote {}", path.display());
+    Ok(())
+}
+
+fn man_is_current(path: &Path) -> bool {
+    fs::read(path).ok() == Some(man_page())
+}
+
+fn check_man(path: &Path) -> Result<()> {
+    if !man_is_current(path) {
+        bail!("stale man page: {}; run 'cargo xtask man'", path.display());
+    }
+    println!("the man page is current");
     Ok(())
 }
 
@@ -297,11 +323,15 @@ mod tests {
     }
 
     #[test]
-    fn the_man_page_renders() {
-        let mut out = Vec::new();
-        clap_mangen::Man::new(cli::Cli::command())
-            .render(&mut out)
-            .unwrap();
-        assert!(String::from_utf8(out).unwrap().contains("kill\\-after"));
+    fn the_checked_in_man_page_is_current() {
+        assert!(
+            String::from_utf8(man_page())
+                .unwrap()
+                .contains("kill\\-after")
+        );
+        assert!(
+            man_is_current(&workspace_root().join(MAN_PAGE)),
+            "stale {MAN_PAGE}: run 'cargo xtask man' and commit the result"
+        );
     }
 }
