@@ -65,7 +65,7 @@ _throttle() {
 
     case "${cmd}" in
         throttle)
-            opts="-h -V --down --up --burst --name --kill-after --wait-all --summary --help --version doctor cleanup list set stats completions help"
+            opts="-h -V --down --up --burst --exclude --only --name --kill-after --wait-all --summary --help --version doctor cleanup list set stats completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -80,6 +80,14 @@ _throttle() {
                     return 0
                     ;;
                 --burst)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --exclude)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --only)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -271,7 +279,7 @@ _throttle() {
             return 0
             ;;
         throttle__subcmd__set)
-            opts="-h --down --up --burst --help"
+            opts="-h --down --up --burst --exclude --only --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -286,6 +294,14 @@ _throttle() {
                     return 0
                     ;;
                 --burst)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --exclude)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --only)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -21,6 +21,8 @@ set edit:completion:arg-completer[throttle] = {|@words|
             cand --down 'Limit the download (ingress) rate; unlimited if omitted'
             cand --up 'Limit the upload (egress) rate; unlimited if omitted'
             cand --burst 'Bucket depth: how far a burst may run ahead of the rate [default: 250 ms of the rate, at least 16K]'
+            cand --exclude 'Leave traffic to and from CIDR unlimited (still counted, apart); repeatable. ''local'' is loopback and link-local'
+            cand --only 'Limit only traffic to and from CIDR; repeatable. With --exclude, the longest matching network decides'
             cand --name 'Name of the run, for ''throttle list/set/stats'' [default: COMMAND-PID]'
             cand --kill-after 'After COMMAND exits, how long processes it left behind get between SIGTERM and SIGKILL'
             cand --summary 'At exit, print one line on stderr: bytes, duration, average rates and drops per direction. UDP sent over the upload limit is dropped without telling the sender (iperf3 reports 0% loss): its drops are counted here and in ''throttle stats'''
@@ -54,6 +56,8 @@ set edit:completion:arg-completer[throttle] = {|@words|
             cand --down 'New download limit'
             cand --up 'New upload limit'
             cand --burst 'New bucket depth'
+            cand --exclude 'Replace the run''s --exclude list (repeatable; ''none'' empties it)'
+            cand --only 'Replace the run''s --only list (repeatable; ''none'' empties it)'
             cand -h 'Print help'
             cand --help 'Print help'
         }

@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_throttle_global_optspecs
-    string join \n down= up= burst= name= kill-after= wait-all summary= h/help V/version
+    string join \n down= up= burst= exclude= only= name= kill-after= wait-all summary= h/help V/version
 end
 
 function __fish_throttle_needs_command
@@ -27,6 +27,8 @@ end
 complete -c throttle -n "__fish_throttle_needs_command" -l down -d 'Limit the download (ingress) rate; unlimited if omitted' -r
 complete -c throttle -n "__fish_throttle_needs_command" -l up -d 'Limit the upload (egress) rate; unlimited if omitted' -r
 complete -c throttle -n "__fish_throttle_needs_command" -l burst -d 'Bucket depth: how far a burst may run ahead of the rate [default: 250 ms of the rate, at least 16K]' -r
+complete -c throttle -n "__fish_throttle_needs_command" -l exclude -d 'Leave traffic to and from CIDR unlimited (still counted, apart); repeatable. \'local\' is loopback and link-local' -r
+complete -c throttle -n "__fish_throttle_needs_command" -l only -d 'Limit only traffic to and from CIDR; repeatable. With --exclude, the longest matching network decides' -r
 complete -c throttle -n "__fish_throttle_needs_command" -l name -d 'Name of the run, for \'throttle list/set/stats\' [default: COMMAND-PID]' -r
 complete -c throttle -n "__fish_throttle_needs_command" -l kill-after -d 'After COMMAND exits, how long processes it left behind get between SIGTERM and SIGKILL' -r
 complete -c throttle -n "__fish_throttle_needs_command" -l summary -d 'At exit, print one line on stderr: bytes, duration, average rates and drops per direction. UDP sent over the upload limit is dropped without telling the sender (iperf3 reports 0% loss): its drops are counted here and in \'throttle stats\'' -r -f -a "text\t'For people: units and rounding'
@@ -48,6 +50,8 @@ complete -c throttle -n "__fish_throttle_using_subcommand list" -s h -l help -d 
 complete -c throttle -n "__fish_throttle_using_subcommand set" -l down -d 'New download limit' -r
 complete -c throttle -n "__fish_throttle_using_subcommand set" -l up -d 'New upload limit' -r
 complete -c throttle -n "__fish_throttle_using_subcommand set" -l burst -d 'New bucket depth' -r
+complete -c throttle -n "__fish_throttle_using_subcommand set" -l exclude -d 'Replace the run\'s --exclude list (repeatable; \'none\' empties it)' -r
+complete -c throttle -n "__fish_throttle_using_subcommand set" -l only -d 'Replace the run\'s --only list (repeatable; \'none\' empties it)' -r
 complete -c throttle -n "__fish_throttle_using_subcommand set" -s h -l help -d 'Print help'
 complete -c throttle -n "__fish_throttle_using_subcommand stats" -l watch -d 'Keep refreshing every INTERVAL [default: 1s]' -r
 complete -c throttle -n "__fish_throttle_using_subcommand stats" -l json -d 'JSON lines, for scripts'

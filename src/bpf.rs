@@ -16,18 +16,25 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, PerCpuArray},
+    maps::{
+        Array, PerCpuArray,
+        lpm_trie::{Key, LpmTrie},
+    },
     programs::{
         CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError, SockOps,
         cgroup_skb::CgroupSkbLinkId, sock_ops::SockOpsLinkId,
     },
 };
 use throttle_common::{
-    Counters, Direction, Limit, MAP_COUNTERS, MAP_LIMITS, MAP_TUNING, PROG_DOWN, PROG_TUNING,
-    PROG_UP, PerDirection, units::Rate,
+    Counters, Direction, Limit, MAP_COUNTERS, MAP_EXCLUDED, MAP_LIMITS, MAP_NETWORKS, MAP_SCOPE,
+    MAP_TUNING, PROG_DOWN, PROG_TUNING, PROG_UP, PerDirection, networks::SCOPE_EVERYTHING,
+    units::Rate,
 };
 
-use crate::{control::Maps, limits::Limits};
+use crate::{
+    control::Maps,
+    limits::{Limits, Scope},
+};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/throttle"));
 
@@ -102,6 +109,7 @@ impl Programs {
             attachments: Vec::with_capacity(Hook::ALL.len()),
         };
         programs.set_limits(limits)?;
+        programs.set_scope(&limits.scope)?;
         for hook in Hook::ALL {
             programs.attach_one(hook, cgroup_dir)?;
         }
@@ -164,12 +172,21 @@ impl Programs {
         Ok(())
     }
 
-    /// The counters of both directions, summed over CPUs.
+    /// The counters of the limited traffic, both directions, summed over CPUs.
     pub fn counters(&self) -> Result<PerDirection<Counters>> {
+        self.totals(MAP_COUNTERS)
+    }
+
+    /// The counters of the traffic `--exclude` and `--only` leave unlimited.
+    pub fn excluded(&self) -> Result<PerDirection<Counters>> {
+        self.totals(MAP_EXCLUDED)
+    }
+
+    fn totals(&self, name: &str) -> Result<PerDirection<Counters>> {
         let map: PerCpuArray<_, Counters> = PerCpuArray::try_from(
             self.ebpf
-                .map(MAP_COUNTERS)
-                .context("the eBPF object has no COUNTERS map")?,
+                .map(name)
+                .with_context(|| format!("the eBPF object has no {name} map"))?,
         )?;
         let mut totals = PerDirection::<Counters>::default();
         for direction in Direction::ALL {
@@ -178,6 +195,36 @@ impl Programs {
             }
         }
         Ok(totals)
+    }
+
+    /// Puts `scope`'s lists in force. While the trie is rewritten the run
+    /// limits all its traffic, never more than the lists say.
+    pub fn set_scope(&mut self, scope: &Scope) -> Result<()> {
+        let entries = scope.entries().map_err(|e| anyhow!(e))?;
+        self.write_scope(SCOPE_EVERYTHING)?;
+        let mut trie: LpmTrie<_, [u8; 16], u32> = LpmTrie::try_from(
+            self.ebpf
+                .map_mut(MAP_NETWORKS)
+                .context("the eBPF object has no NETWORKS map")?,
+        )?;
+        let old: Vec<Key<[u8; 16]>> = trie.keys().collect::<Result<_, _>>()?;
+        for key in &old {
+            trie.remove(key).context("clearing the run's networks")?;
+        }
+        for (network, kind) in &entries {
+            trie.insert(&Key::new(network.prefix_len, network.addr), kind, 0)
+                .with_context(|| format!("adding {network} to the run's networks"))?;
+        }
+        self.write_scope(scope.map_value())
+    }
+
+    fn write_scope(&mut self, value: u32) -> Result<()> {
+        let mut map: Array<_, u32> = Array::try_from(
+            self.ebpf
+                .map_mut(MAP_SCOPE)
+                .context("the eBPF object has no SCOPE map")?,
+        )?;
+        map.set(0, value, 0).context("writing the run's scope")
     }
 
     /// Puts `limits` in force: the programs read them on the next packet
@@ -246,8 +293,16 @@ impl Maps for Programs {
         Programs::counters(self)
     }
 
+    fn excluded(&self) -> Result<PerDirection<Counters>> {
+        Programs::excluded(self)
+    }
+
     fn set_limits(&mut self, limits: &Limits) -> Result<()> {
         Programs::set_limits(self, limits)
+    }
+
+    fn set_scope(&mut self, scope: &Scope) -> Result<()> {
+        Programs::set_scope(self, scope)
     }
 }
 
@@ -322,8 +377,6 @@ pub fn attached_program_ids(cgroup_dir: BorrowedFd<'_>, hook: Hook) -> io::Resul
 
 #[cfg(test)]
 mod tests {
-    use throttle_common::{MAP_COUNTERS, MAP_LIMITS, MAP_TUNING};
-
     use super::*;
 
     #[test]
@@ -337,7 +390,14 @@ mod tests {
                 object.programs.keys().collect::<Vec<_>>()
             );
         }
-        for map in [MAP_LIMITS, MAP_COUNTERS, MAP_TUNING] {
+        for map in [
+            MAP_LIMITS,
+            MAP_COUNTERS,
+            MAP_TUNING,
+            MAP_NETWORKS,
+            MAP_SCOPE,
+            MAP_EXCLUDED,
+        ] {
             assert!(
                 object.maps.contains_key(map),
                 "no map {map} in {:?}",

@@ -6,8 +6,9 @@ use std::{ffi::OsStr, ffi::OsString, path::Path, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use clap_complete::Shell;
-use throttle_common::units::{
-    RATE_FORMS, Rate, SIZE_FORMS, UNLIMITED, UnitError, parse_rate, parse_size,
+use throttle_common::{
+    networks::{CIDR_FORMS, Place},
+    units::{RATE_FORMS, Rate, SIZE_FORMS, UNLIMITED, UnitError, parse_rate, parse_size},
 };
 
 const ABOUT: &str = "Run a command with its network bandwidth limited, in the kernel";
@@ -35,8 +36,13 @@ Exit status: the command's own; 128+N if it died of signal N; 125 if throttle
 failed before the command ran; 126 if the command is not executable; 127 if it
 was not found; 2 for invalid arguments.
 
+CIDR: an IPv4 or IPv6 address with an optional prefix length (10.0.0.0/8,
+192.168.1.7, fd00::/8), or 'local' for loopback and link-local (127.0.0.0/8,
+169.254.0.0/16, ::1, fe80::/10).
+
 Examples:
   throttle --down 50K --up 10K -- wget https://example.org/big.iso
+  throttle --down 2M --exclude local --exclude 10.0.0.0/8 -- cargo build
   throttle --down 20mbit -- cargo build
   throttle --up 1M --name backup -- rsync -a ~/photos host:photos";
 
@@ -72,6 +78,14 @@ pub struct RunArgs {
     /// Bucket depth: how far a burst may run ahead of the rate [default: 250 ms of the rate, at least 16K]
     #[arg(long, value_name = "SIZE", value_parser = size)]
     pub burst: Option<u64>,
+
+    /// Leave traffic to and from CIDR unlimited (still counted, apart); repeatable. 'local' is loopback and link-local
+    #[arg(long, value_name = "CIDR", value_parser = place)]
+    pub exclude: Vec<Place>,
+
+    /// Limit only traffic to and from CIDR; repeatable. With --exclude, the longest matching network decides
+    #[arg(long, value_name = "CIDR", value_parser = place)]
+    pub only: Vec<Place>,
 
     /// Name of the run, for 'throttle list/set/stats' [default: COMMAND-PID]
     #[arg(long, value_name = "NAME", value_parser = run_name)]
@@ -142,6 +156,12 @@ pub enum Action {
         /// New bucket depth
         #[arg(long, value_name = "SIZE", value_parser = size)]
         burst: Option<u64>,
+        /// Replace the run's --exclude list (repeatable; 'none' empties it)
+        #[arg(long, value_name = "CIDR|none", value_parser = list_word)]
+        exclude: Vec<ListWord>,
+        /// Replace the run's --only list (repeatable; 'none' empties it)
+        #[arg(long, value_name = "CIDR|none", value_parser = list_word)]
+        only: Vec<ListWord>,
     },
     /// Show a live run's current rates (sampled over the interval) and totals
     Stats {
@@ -186,6 +206,41 @@ fn rate_error(text: &str, error: UnitError, or: &str) -> String {
         }
         other => format!("{other}; expected {RATE_FORMS}{or}"),
     }
+}
+
+/// A network of `--exclude` or `--only`.
+fn place(text: &str) -> Result<Place, String> {
+    Place::parse(text).map_err(|e| format!("{e}; expected {CIDR_FORMS}"))
+}
+
+/// A word of `set --exclude` and `set --only`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListWord {
+    /// `none`: the list is emptied.
+    None,
+    Place(Place),
+}
+
+fn list_word(text: &str) -> Result<ListWord, String> {
+    if text.eq_ignore_ascii_case("none") {
+        return Ok(ListWord::None);
+    }
+    place(text)
+        .map(ListWord::Place)
+        .map_err(|e| format!("{e}, or 'none'"))
+}
+
+/// The list a `set` gives: None when the option was not given.
+pub fn new_list(words: &[ListWord]) -> Option<Vec<Place>> {
+    (!words.is_empty()).then(|| {
+        words
+            .iter()
+            .filter_map(|word| match word {
+                ListWord::None => None,
+                ListWord::Place(place) => Some(*place),
+            })
+            .collect()
+    })
 }
 
 fn size(text: &str) -> Result<u64, String> {
@@ -436,6 +491,36 @@ mod tests {
             (Some(Rate::Unlimited), Rate::per_sec(2 << 20).ok())
         );
         assert!(parse(&["--down", "unlimited", "true"]).is_err());
+    }
+
+    #[test]
+    fn networks_are_repeatable_and_bad_ones_named() {
+        let cli = parse(&[
+            "--exclude",
+            "local",
+            "--exclude",
+            "10.0.0.0/8",
+            "--only",
+            "fd00::/8",
+            "true",
+        ])
+        .unwrap();
+        assert_eq!(cli.run.exclude.len(), 2);
+        assert_eq!(cli.run.only.len(), 1);
+        for bad in ["10.0.0.0/33", "example.org", "", "none"] {
+            let err = parse(&["--exclude", bad, "true"]).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("'{bad}'")) && err.contains("10.0.0.0/8"),
+                "{err}"
+            );
+        }
+        let cli = parse(&["set", "ci", "--exclude", "none", "--only", "10.1.0.0/16"]).unwrap();
+        let Some(Action::Set { exclude, only, .. }) = cli.action else {
+            panic!("{cli:?}");
+        };
+        assert_eq!(new_list(&exclude), Some(Vec::new()));
+        assert_eq!(new_list(&only).map(|l| l.len()), Some(1));
+        assert_eq!(new_list(&[]), None);
     }
 
     #[test]

@@ -252,12 +252,18 @@ pub fn set(target: Option<&str>, changes: &Changes) -> Outcome<()> {
         );
     }
     let mut run = find(target)?;
-    let reply: SetReply = run.request(&Request::Set(*changes))?;
-    println!(
+    let reply: SetReply = run.request(&Request::Set(changes.clone()))?;
+    let mut line = format!(
         "down {}, up {}",
         limit_text(reply.limits.down.rate()),
         limit_text(reply.limits.up.rate())
     );
+    for (option, list) in [("exclude", &reply.exclude), ("only", &reply.only)] {
+        if !list.is_empty() {
+            let _ = write!(line, "; {option} {}", printable(&list.join(", ")));
+        }
+    }
+    println!("{line}");
     Ok(())
 }
 
@@ -281,6 +287,8 @@ struct Sample<'a> {
     up_rate: f64,
     #[serde(flatten)]
     counters: &'a PerDirection<Counters>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    excluded: Option<&'a PerDirection<Counters>>,
 }
 
 pub fn stats(target: Option<&str>, watch: Option<Duration>, as_json: bool) -> Outcome<()> {
@@ -313,6 +321,7 @@ pub fn stats(target: Option<&str>, watch: Option<Duration>, as_json: bool) -> Ou
                 down_rate: rate.down,
                 up_rate: rate.up,
                 counters: &after.counters,
+                excluded: after.excluded.as_ref(),
             };
             println!("{}", to_json(&sample));
         } else {
@@ -326,6 +335,14 @@ pub fn stats(target: Option<&str>, watch: Option<Duration>, as_json: bool) -> Ou
                     stats::rate(rate[direction]),
                     stats::bytes(c.passed_bytes),
                     stats::bytes(c.dropped_bytes),
+                );
+            }
+            if let Some(excluded) = &after.excluded {
+                let _ = write!(
+                    line,
+                    "  unlimited by --exclude/--only: down {} total, up {} total",
+                    stats::bytes(excluded.down.passed_bytes),
+                    stats::bytes(excluded.up.passed_bytes)
                 );
             }
             if tty && watch.is_some() {

@@ -33,7 +33,7 @@ use throttle_common::{Counters, PerDirection};
 
 use crate::{
     bpf::Programs,
-    limits::Limits,
+    limits::{Limits, Scope},
     protocol::{
         self, Changes, Info, LimitView, MAX_LINE, Refusal, RefusalKind, Request, SetReply, Stats,
     },
@@ -52,7 +52,9 @@ const MAX_POLL_ERRORS: u32 = 100;
 /// to put limits in force.
 pub trait Maps: Send {
     fn counters(&self) -> Result<PerDirection<Counters>>;
+    fn excluded(&self) -> Result<PerDirection<Counters>>;
     fn set_limits(&mut self, limits: &Limits) -> Result<()>;
+    fn set_scope(&mut self, scope: &Scope) -> Result<()>;
 }
 
 /// What the socket serves: the run's description and its live programs.
@@ -64,6 +66,18 @@ pub struct RunState<M = Programs> {
     pub limits: Mutex<Limits>,
     /// None once teardown has taken the programs back.
     pub programs: Mutex<Option<M>>,
+}
+
+impl<M> RunState<M> {
+    /// Whether the run has `--exclude` or `--only` lists now.
+    pub fn scoped(&self) -> bool {
+        !self
+            .limits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .scope
+            .is_empty()
+    }
 }
 
 /// The serving socket; dropping it stops serving and removes the file.
@@ -248,7 +262,11 @@ fn handle<M: Maps>(line: &[u8], state: &RunState<M>) -> Result<String, Refusal> 
 }
 
 fn info<M>(state: &RunState<M>) -> Info {
-    let limits = *state.limits.lock().unwrap_or_else(|p| p.into_inner());
+    let limits = state
+        .limits
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     let started = state
         .started
         .duration_since(UNIX_EPOCH)
@@ -259,6 +277,8 @@ fn info<M>(state: &RunState<M>) -> Info {
         command: state.command.clone(),
         started,
         limits: LimitView::of(&limits),
+        exclude: protocol::names(&limits.scope.exclude),
+        only: protocol::names(&limits.scope.only),
     }
 }
 
@@ -272,31 +292,41 @@ fn failed(error: &anyhow::Error) -> Refusal {
 }
 
 fn stats<M: Maps>(state: &RunState<M>) -> Result<Stats, Refusal> {
+    let scoped = state.scoped();
     let programs = state.programs.lock().unwrap_or_else(|p| p.into_inner());
-    let counters = programs
-        .as_ref()
-        .ok_or_else(ending)?
-        .counters()
-        .map_err(|e| failed(&e))?;
+    let programs = programs.as_ref().ok_or_else(ending)?;
+    let counters = programs.counters().map_err(|e| failed(&e))?;
+    let excluded = if scoped {
+        Some(programs.excluded().map_err(|e| failed(&e))?)
+    } else {
+        None
+    };
     Ok(Stats {
         elapsed: state.started.elapsed().unwrap_or_default().as_secs_f64(),
         counters,
+        excluded,
     })
 }
 
 fn set<M: Maps>(state: &RunState<M>, changes: &Changes) -> Result<SetReply, Refusal> {
     // Held throughout, so concurrent sets apply one after the other.
     let mut current = state.limits.lock().unwrap_or_else(|p| p.into_inner());
-    let limits = changes.apply(*current);
+    let limits = changes.apply(&current)?;
     {
         let mut programs = state.programs.lock().unwrap_or_else(|p| p.into_inner());
         let programs = programs.as_mut().ok_or_else(ending)?;
         programs.set_limits(&limits).map_err(|e| failed(&e))?;
+        if changes.changes_scope() {
+            programs.set_scope(&limits.scope).map_err(|e| failed(&e))?;
+        }
     }
-    *current = limits;
-    Ok(SetReply {
+    let reply = SetReply {
         limits: LimitView::of(&limits),
-    })
+        exclude: protocol::names(&limits.scope.exclude),
+        only: protocol::names(&limits.scope.only),
+    };
+    *current = limits;
+    Ok(reply)
 }
 
 #[cfg(test)]
@@ -311,19 +341,33 @@ mod tests {
     #[derive(Default)]
     struct Recorded {
         limits: Option<Limits>,
+        scope: Option<Scope>,
     }
 
     impl Maps for Recorded {
         fn counters(&self) -> Result<PerDirection<Counters>> {
-            let rate = |d| self.limits.map_or(0, |l: Limits| l.rates[d].map_value());
+            let rate = |d| {
+                self.limits
+                    .as_ref()
+                    .map_or(0, |l: &Limits| l.rates[d].map_value())
+            };
             Ok(PerDirection::from_fn(|d| Counters {
                 passed_bytes: rate(d),
                 ..Counters::default()
             }))
         }
 
+        fn excluded(&self) -> Result<PerDirection<Counters>> {
+            Ok(PerDirection::default())
+        }
+
         fn set_limits(&mut self, limits: &Limits) -> Result<()> {
-            self.limits = Some(*limits);
+            self.limits = Some(limits.clone());
+            Ok(())
+        }
+
+        fn set_scope(&mut self, scope: &Scope) -> Result<()> {
+            self.scope = Some(scope.clone());
             Ok(())
         }
     }
@@ -340,9 +384,15 @@ mod tests {
                     up: Rate::Unlimited,
                 },
                 burst: None,
+                scope: Scope::default(),
             }),
             programs: Mutex::new(Some(Recorded::default())),
         }
+    }
+
+    /// What the maps' side was last given.
+    fn recorded<T>(state: &RunState<Recorded>, read: impl Fn(&Recorded) -> T) -> T {
+        read(state.programs.lock().unwrap().as_ref().unwrap())
     }
 
     /// The reply to `request`, which must have been done.
@@ -360,7 +410,7 @@ mod tests {
         );
         assert_eq!(reply.limits.down.rate, None);
         assert_eq!(reply.limits.up.rate, Some(2 << 20));
-        let recorded = state.programs.lock().unwrap().as_ref().unwrap().limits;
+        let recorded = recorded(&state, |r| r.limits.clone());
         assert_eq!(
             recorded.map(|l| l.rates[Direction::Down]),
             Some(Rate::Unlimited)
@@ -375,7 +425,7 @@ mod tests {
     #[test]
     fn a_refused_set_changes_nothing() {
         let state = state();
-        let before = *state.limits.lock().unwrap();
+        let before = state.limits.lock().unwrap().clone();
         let refusal = handle(
             br#"{"version":1,"command":"set","down":"2M","up":"5X"}"#,
             &state,
@@ -393,6 +443,33 @@ mod tests {
                 .limits
                 .is_none()
         );
+    }
+
+    #[test]
+    fn set_replaces_a_list_and_stats_then_count_the_excluded_apart() {
+        let state = state();
+        let stats: Stats = ask(&state, br#"{"version":1,"command":"stats"}"#);
+        assert_eq!(stats.excluded, None);
+        let reply: SetReply = ask(
+            &state,
+            br#"{"version":1,"command":"set","exclude":["10.213.0.0/16"]}"#,
+        );
+        assert_eq!(reply.exclude, ["10.213.0.0/16"]);
+        assert_eq!(reply.limits.down.rate, Some(1 << 20));
+        let recorded = recorded(&state, |r| r.scope.clone());
+        assert_eq!(recorded.map(|s| s.exclude.len()), Some(1));
+        let stats: Stats = ask(&state, br#"{"version":1,"command":"stats"}"#);
+        assert!(stats.excluded.is_some());
+        let info: Info = ask(&state, br#"{"version":1,"command":"info"}"#);
+        assert_eq!(info.exclude, ["10.213.0.0/16"]);
+        let refusal = handle(
+            br#"{"version":1,"command":"set","only":["10.213.0.0/16"]}"#,
+            &state,
+        )
+        .unwrap_err();
+        assert!(refusal.error.contains("in both --exclude"), "{refusal:?}");
+        let cleared: SetReply = ask(&state, br#"{"version":1,"command":"set","exclude":[]}"#);
+        assert!(cleared.exclude.is_empty());
     }
 
     #[test]

@@ -1,13 +1,83 @@
 //! A run's limits as the user gave them, and what the maps hold for them.
 
-use throttle_common::{Direction, Limit, PerDirection, policer::default_burst, units::Rate};
+use std::collections::HashMap;
+
+use throttle_common::{
+    Direction, Limit, PerDirection,
+    networks::{
+        EXCLUDE, MAX_NETWORKS, Network, ONLY, Place, SCOPE_EVERYTHING, SCOPE_EXCLUDES, SCOPE_ONLY,
+    },
+    policer::default_burst,
+    units::Rate,
+};
 
 /// The limits of a run: a burst set explicitly stays; a default one
 /// follows the rate.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limits {
     pub rates: PerDirection<Rate>,
     pub burst: Option<u64>,
+    /// Which traffic the rates apply to.
+    pub scope: Scope,
+}
+
+/// `--exclude` and `--only`: the networks whose traffic is left unlimited,
+/// and those that alone are limited (see `throttle_common::networks`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Scope {
+    pub exclude: Vec<Place>,
+    pub only: Vec<Place>,
+}
+
+impl Scope {
+    pub fn is_empty(&self) -> bool {
+        self.exclude.is_empty() && self.only.is_empty()
+    }
+
+    /// What the `SCOPE` map holds for these lists.
+    pub fn map_value(&self) -> u32 {
+        if !self.only.is_empty() {
+            SCOPE_ONLY
+        } else if !self.exclude.is_empty() {
+            SCOPE_EXCLUDES
+        } else {
+            SCOPE_EVERYTHING
+        }
+    }
+
+    /// The `NETWORKS` trie's entries. A network in both lists, or more
+    /// entries than the trie holds, is refused with the reason.
+    pub fn entries(&self) -> Result<Vec<(Network, u32)>, String> {
+        let mut entries: HashMap<Network, (u32, Place)> = HashMap::new();
+        for (places, kind) in [(&self.exclude, EXCLUDE), (&self.only, ONLY)] {
+            for place in places {
+                for network in place.networks() {
+                    match entries.insert(*network, (kind, *place)) {
+                        Some((other, first)) if other != kind => {
+                            return Err(format!(
+                                "{network} is in both --exclude ({}) and --only ({}); name it in one",
+                                if kind == EXCLUDE { place } else { &first },
+                                if kind == ONLY { place } else { &first },
+                            ));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        if entries.len() > MAX_NETWORKS as usize {
+            return Err(format!(
+                "{} networks in --exclude and --only; at most {MAX_NETWORKS} are accepted",
+                entries.len()
+            ));
+        }
+        let mut entries: Vec<(Network, u32)> = entries
+            .into_iter()
+            .map(|(network, (kind, _))| (network, kind))
+            .collect();
+        entries.sort_by_key(|(network, _)| (network.prefix_len, network.addr));
+        Ok(entries)
+    }
 }
 
 impl Limits {
@@ -18,6 +88,10 @@ impl Limits {
             up: Rate::Unlimited,
         },
         burst: None,
+        scope: Scope {
+            exclude: Vec::new(),
+            only: Vec::new(),
+        },
     };
 
     /// What the `LIMITS` map holds for `direction`.
@@ -42,6 +116,7 @@ mod tests {
                 up: Rate::per_sec(1 << 20).unwrap(),
             },
             burst: None,
+            scope: Scope::default(),
         };
         assert_eq!(limits.map_value(Direction::Down).rate, 0);
         assert_eq!(
@@ -50,8 +125,59 @@ mod tests {
         );
         let explicit = Limits {
             burst: Some(4096),
-            ..limits
+            ..limits.clone()
         };
         assert_eq!(explicit.map_value(Direction::Up).burst, 4096);
+    }
+
+    fn places(words: &[&str]) -> Vec<Place> {
+        words.iter().map(|w| Place::parse(w).unwrap()).collect()
+    }
+
+    #[test]
+    fn the_lists_make_one_trie_and_a_scope() {
+        let scope = Scope {
+            exclude: places(&["local", "10.1.0.0/16"]),
+            only: places(&["10.0.0.0/8", "fd00::/8"]),
+        };
+        let entries = scope.entries().unwrap();
+        assert_eq!(entries.len(), 7);
+        assert_eq!(scope.map_value(), SCOPE_ONLY);
+        let kind = |text: &str| {
+            let Place::Network(network) = Place::parse(text).unwrap() else {
+                unreachable!()
+            };
+            entries.iter().find(|(n, _)| *n == network).map(|(_, k)| *k)
+        };
+        assert_eq!(kind("10.1.0.0/16"), Some(EXCLUDE));
+        assert_eq!(kind("127.0.0.0/8"), Some(EXCLUDE));
+        assert_eq!(kind("10.0.0.0/8"), Some(ONLY));
+        assert_eq!(Scope::default().map_value(), SCOPE_EVERYTHING);
+        let excludes = Scope {
+            exclude: places(&["10.0.0.0/8", "10.0.0.0/8"]),
+            only: Vec::new(),
+        };
+        assert_eq!(excludes.entries().unwrap().len(), 1);
+        assert_eq!(excludes.map_value(), SCOPE_EXCLUDES);
+    }
+
+    #[test]
+    fn a_network_in_both_lists_or_too_many_are_refused() {
+        let both = Scope {
+            exclude: places(&["local"]),
+            only: places(&["127.0.0.1/8"]),
+        };
+        let error = both.entries().unwrap_err();
+        assert!(
+            error.contains("127.0.0.0/8 is in both --exclude (local) and --only (127.0.0.0/8)"),
+            "{error}"
+        );
+        let many = Scope {
+            exclude: (0..=MAX_NETWORKS)
+                .map(|i| Place::parse(&format!("10.{}.{}.0/24", i / 256, i % 256)).unwrap())
+                .collect(),
+            only: Vec::new(),
+        };
+        assert!(many.entries().unwrap_err().contains("at most 256"));
     }
 }

@@ -46,10 +46,14 @@ fn main() -> ExitCode {
             down,
             up,
             burst,
+            exclude,
+            only,
         }) => {
             let changes = Changes {
                 rates: throttle_common::PerDirection { down, up },
                 burst,
+                exclude: cli::new_list(&exclude),
+                only: cli::new_list(&only),
             };
             Ok(client::finish(client::set(target.as_deref(), &changes)))
         }
@@ -102,7 +106,16 @@ fn usage_error(error: &clap::Error) -> ExitCode {
 
 /// A throttled run: the command's exit status, or why throttle failed.
 fn run(args: RunArgs) -> Result<i32> {
-    let plan = Plan::from_args(args)?;
+    let plan = match Plan::from_args(args) {
+        Ok(plan) => plan,
+        Err(e) => match e.downcast::<run::BadArguments>() {
+            Ok(bad) => {
+                eprintln!("throttle: {bad} (see 'throttle --help')");
+                return Ok(exit::USAGE.into());
+            }
+            Err(e) => return Err(e),
+        },
+    };
     let (run, forwarding) = Run::start(&plan)?;
     let code = run.supervise(&plan, forwarding)?;
     run.finish(&plan)?;

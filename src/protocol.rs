@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::Value;
 use throttle_common::{
     Counters, Direction, PerDirection,
+    networks::{CIDR_FORMS, Place},
     units::{MAX_SIZE, RATE_FORMS, Rate, SIZE_FORMS, UNLIMITED, UnitError, parse_size},
 };
 
@@ -26,27 +27,46 @@ pub enum Request {
     Set(Changes),
 }
 
-/// The limits a `set` changes; what it leaves out stays.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+/// The limits a `set` changes; what it leaves out stays. A list given
+/// replaces the run's list (an empty one clears it).
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Changes {
     pub rates: PerDirection<Option<Rate>>,
     pub burst: Option<u64>,
+    pub exclude: Option<Vec<Place>>,
+    pub only: Option<Vec<Place>>,
 }
 
 impl Changes {
     pub fn is_empty(&self) -> bool {
-        self.rates.down.is_none() && self.rates.up.is_none() && self.burst.is_none()
+        self.rates.down.is_none()
+            && self.rates.up.is_none()
+            && self.burst.is_none()
+            && !self.changes_scope()
     }
 
-    /// `limits` with these changes made.
-    pub fn apply(&self, mut limits: Limits) -> Limits {
+    /// Whether a list is given.
+    pub fn changes_scope(&self) -> bool {
+        self.exclude.is_some() || self.only.is_some()
+    }
+
+    /// `limits` with these changes made, or why they cannot be.
+    pub fn apply(&self, limits: &Limits) -> Result<Limits, Refusal> {
+        let mut limits = limits.clone();
         for (direction, rate) in self.rates.each() {
             if let Some(rate) = rate {
                 limits.rates[direction] = *rate;
             }
         }
         limits.burst = self.burst.or(limits.burst);
-        limits
+        if let Some(exclude) = &self.exclude {
+            limits.scope.exclude.clone_from(exclude);
+        }
+        if let Some(only) = &self.only {
+            limits.scope.only.clone_from(only);
+        }
+        limits.scope.entries().map_err(Refusal::refused)?;
+        Ok(limits)
     }
 }
 
@@ -63,6 +83,10 @@ struct WireRequest {
     up: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     burst: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    exclude: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    only: Option<Value>,
 }
 
 impl Request {
@@ -76,7 +100,11 @@ impl Request {
                 wire.version
             )));
         }
-        let has_changes = wire.down.is_some() || wire.up.is_some() || wire.burst.is_some();
+        let has_changes = wire.down.is_some()
+            || wire.up.is_some()
+            || wire.burst.is_some()
+            || wire.exclude.is_some()
+            || wire.only.is_some();
         let request = match wire.command.as_str() {
             "info" => Request::Info,
             "stats" => Request::Stats,
@@ -90,10 +118,12 @@ impl Request {
                         up: rate(&wire.up, Direction::Up)?,
                     },
                     burst: wire.burst.as_ref().map(burst).transpose()?,
+                    exclude: places(wire.exclude.as_ref(), "exclude")?,
+                    only: places(wire.only.as_ref(), "only")?,
                 };
                 if changes.is_empty() {
                     return Err(Refusal::refused(
-                        "'set' needs at least one of down, up, burst".into(),
+                        "'set' needs at least one of down, up, burst, exclude, only".into(),
                     ));
                 }
                 return Ok(Request::Set(changes));
@@ -106,7 +136,7 @@ impl Request {
         };
         if has_changes {
             return Err(Refusal::refused(format!(
-                "'{}' takes no down, up or burst",
+                "'{}' takes no down, up, burst, exclude or only",
                 wire.command
             )));
         }
@@ -121,10 +151,13 @@ impl Request {
                 Rate::PerSec(rate) => Value::from(rate.get()),
             })
         };
+        let list =
+            |places: &Option<Vec<Place>>| places.as_ref().map(|places| Value::from(names(places)));
+        let none = Changes::default();
         let (command, changes) = match self {
-            Request::Info => ("info", Changes::default()),
-            Request::Stats => ("stats", Changes::default()),
-            Request::Set(changes) => ("set", *changes),
+            Request::Info => ("info", &none),
+            Request::Stats => ("stats", &none),
+            Request::Set(changes) => ("set", changes),
         };
         let wire = WireRequest {
             version: VERSION,
@@ -132,6 +165,8 @@ impl Request {
             down: amount(changes.rates.down),
             up: amount(changes.rates.up),
             burst: changes.burst.map(Value::from),
+            exclude: list(&changes.exclude),
+            only: list(&changes.only),
         };
         line(&wire)
     }
@@ -173,6 +208,39 @@ fn burst(value: &Value) -> Result<u64, Refusal> {
     }
 }
 
+/// A list in a `set`: an array of CIDR strings or "local".
+fn places(value: Option<&Value>, what: &str) -> Result<Option<Vec<Place>>, Refusal> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    let Value::Array(items) = value else {
+        return Err(Refusal::refused(format!(
+            "{what}: expected an array of networks, got {value}"
+        )));
+    };
+    let mut places = Vec::with_capacity(items.len());
+    for item in items {
+        let place = item
+            .as_str()
+            .ok_or_else(|| format!("{item} is not a string"))
+            .and_then(|text| Place::parse(text).map_err(|e| format!("'{text}': {e}")));
+        match place {
+            Ok(place) => places.push(place),
+            Err(e) => {
+                return Err(Refusal::refused(format!(
+                    "{what}: {e}; expected {CIDR_FORMS}"
+                )));
+            }
+        }
+    }
+    Ok(Some(places))
+}
+
+/// The lists as replies and requests spell them.
+pub fn names(places: &[Place]) -> Vec<String> {
+    places.iter().map(ToString::to_string).collect()
+}
+
 fn positive(n: &serde_json::Number, what: &str) -> Result<u64, Refusal> {
     n.as_u64()
         .filter(|n| *n > 0)
@@ -198,6 +266,12 @@ pub struct Info {
     /// Unix time, in seconds.
     pub started: f64,
     pub limits: PerDirection<LimitView>,
+    /// `--exclude`, when the run has such a list.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
+    /// `--only`, when the run has such a list.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub only: Vec<String>,
 }
 
 /// The reply to `stats`.
@@ -207,12 +281,20 @@ pub struct Stats {
     pub elapsed: f64,
     #[serde(flatten)]
     pub counters: PerDirection<Counters>,
+    /// The traffic `--exclude` and `--only` leave unlimited, when the run
+    /// has such a list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub excluded: Option<PerDirection<Counters>>,
 }
 
 /// The reply to `set`: the limits now in force.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SetReply {
     pub limits: PerDirection<LimitView>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub only: Vec<String>,
 }
 
 /// A direction's limit as replies show it: both null when unlimited, else
@@ -384,7 +466,7 @@ mod tests {
                 down: Some(Rate::Unlimited),
                 up: Some(Rate::per_sec(2 << 20).unwrap()),
             },
-            burst: None,
+            ..Changes::default()
         });
         let line = request.to_line();
         assert_eq!(
@@ -419,6 +501,34 @@ mod tests {
             let refusal = Request::parse(line.as_bytes()).unwrap_err();
             assert!(refusal.error.contains(reason), "{line}: {refusal:?}");
             assert_eq!(refusal.exit_status(), exit::REFUSED);
+        }
+    }
+
+    #[test]
+    fn lists_are_arrays_of_networks_and_an_empty_one_clears() {
+        let changes =
+            set(r#"{"version":1,"command":"set","exclude":["local","10.0.0.1/8"],"only":[]}"#)
+                .unwrap();
+        assert_eq!(
+            changes.exclude.as_deref().map(names),
+            Some(vec!["local".to_string(), "10.0.0.0/8".to_string()])
+        );
+        assert_eq!(changes.only, Some(Vec::new()));
+        let line = Request::Set(changes.clone()).to_line();
+        assert_eq!(
+            line,
+            "{\"version\":1,\"command\":\"set\",\"exclude\":[\"local\",\"10.0.0.0/8\"],\"only\":[]}\n"
+        );
+        for (bad, reason) in [
+            (r#""exclude":"local""#, "exclude: expected an array"),
+            (
+                r#""only":["10.0.0.0/33"]"#,
+                "only: '10.0.0.0/33': the prefix length",
+            ),
+            (r#""exclude":[7]"#, "exclude: 7 is not a string"),
+        ] {
+            let refusal = set(&format!(r#"{{"version":1,"command":"set",{bad}}}"#)).unwrap_err();
+            assert!(refusal.error.starts_with(reason), "{refusal:?}");
         }
     }
 

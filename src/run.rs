@@ -19,7 +19,7 @@ use crate::{
     cli::{self, RunArgs, SummaryFormat},
     control::{self, RunState},
     guard::{Cleanup, Guard},
-    limits::Limits,
+    limits::{Limits, Scope},
     privileges,
     registration::Registration,
     rundir::{self, RunDir},
@@ -40,10 +40,28 @@ pub struct Plan {
     cgroup: PathBuf,
 }
 
+/// Arguments clap accepts one by one but that do not go together; the
+/// run exits as for any bad argument.
+#[derive(Debug)]
+pub struct BadArguments(String);
+
+impl std::fmt::Display for BadArguments {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BadArguments {}
+
 impl Plan {
-    /// Step 1, the preflight: what the run needs is here, and its name and
-    /// cgroup are decided.
+    /// Step 1, the preflight: the arguments go together, what the run needs
+    /// is here, and its name and cgroup are decided.
     pub fn from_args(args: RunArgs) -> Result<Plan> {
+        let scope = Scope {
+            exclude: args.exclude,
+            only: args.only,
+        };
+        scope.entries().map_err(BadArguments)?;
         privileges::check()?;
         let mount = cgroup::find_mount()?;
         let parent = cgroup::runs_parent(&mount)?;
@@ -62,6 +80,7 @@ impl Plan {
                     up: args.up.unwrap_or(Rate::Unlimited),
                 },
                 burst: args.burst,
+                scope,
             },
             leftovers: Leftovers {
                 kill_after: args.kill_after,
@@ -119,7 +138,7 @@ impl Run {
                 .map(|a| a.to_string_lossy().into_owned())
                 .collect(),
             started: SystemTime::now(),
-            limits: Mutex::new(plan.limits),
+            limits: Mutex::new(plan.limits.clone()),
             programs: Mutex::new(Some(programs)),
         });
         let server =
@@ -174,13 +193,20 @@ impl Run {
             .take()
             .context("the run's programs were already taken")?;
         if let Some(format) = plan.summary {
-            let counters = programs.counters()?;
+            let totals = stats::Totals {
+                limited: programs.counters()?,
+                excluded: if state.scoped() || !plan.limits.scope.is_empty() {
+                    Some(programs.excluded()?)
+                } else {
+                    None
+                },
+            };
             let elapsed = started.elapsed();
             eprintln!(
                 "{}",
                 match format {
-                    SummaryFormat::Text => stats::summary(&plan.name, &counters, elapsed),
-                    SummaryFormat::Json => stats::summary_json(&plan.name, &counters, elapsed),
+                    SummaryFormat::Text => stats::summary(&plan.name, &totals, elapsed),
+                    SummaryFormat::Json => stats::summary_json(&plan.name, &totals, elapsed),
                 }
             );
         }

@@ -26,11 +26,18 @@ pub fn rate(bytes_per_sec: f64) -> String {
     format!("{}/s", bytes(bytes_per_sec.max(0.0).round() as u64))
 }
 
+/// What a run's programs counted: the limited traffic, and the traffic
+/// `--exclude` and `--only` left unlimited (when the run had such a list).
+pub struct Totals {
+    pub limited: PerDirection<Counters>,
+    pub excluded: Option<PerDirection<Counters>>,
+}
+
 /// The --summary line: totals, average rates and drops per direction.
-pub fn summary(name: &str, counters: &PerDirection<Counters>, elapsed: Duration) -> String {
+pub fn summary(name: &str, totals: &Totals, elapsed: Duration) -> String {
     let secs = elapsed.as_secs_f64().max(1e-3);
     let mut line = format!("throttle: {name}: {:.2} s", elapsed.as_secs_f64());
-    for (direction, c) in counters.each() {
+    for (direction, c) in totals.limited.each() {
         let _ = write!(
             line,
             "; {} {} ({}), {} dropped in {} packets",
@@ -39,6 +46,14 @@ pub fn summary(name: &str, counters: &PerDirection<Counters>, elapsed: Duration)
             rate(c.passed_bytes as f64 / secs),
             bytes(c.dropped_bytes),
             c.dropped_packets
+        );
+    }
+    if let Some(excluded) = &totals.excluded {
+        let _ = write!(
+            line,
+            "; unlimited by --exclude/--only: down {}, up {}",
+            bytes(excluded.down.passed_bytes),
+            bytes(excluded.up.passed_bytes)
         );
     }
     line
@@ -51,14 +66,17 @@ struct SummaryJson<'a> {
     elapsed: f64,
     #[serde(flatten)]
     counters: &'a PerDirection<Counters>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    excluded: Option<&'a PerDirection<Counters>>,
 }
 
 /// The --summary=json line: exact counts, for scripts and the benchmark.
-pub fn summary_json(name: &str, counters: &PerDirection<Counters>, elapsed: Duration) -> String {
+pub fn summary_json(name: &str, totals: &Totals, elapsed: Duration) -> String {
     serde_json::to_string(&SummaryJson {
         name,
         elapsed: elapsed.as_secs_f64(),
-        counters,
+        counters: &totals.limited,
+        excluded: totals.excluded.as_ref(),
     })
     .expect("a summary always serialises")
 }
@@ -85,9 +103,12 @@ mod tests {
         };
         let line = summary_json(
             "wget-1",
-            &PerDirection {
-                down,
-                up: Counters::default(),
+            &Totals {
+                limited: PerDirection {
+                    down,
+                    up: Counters::default(),
+                },
+                excluded: None,
             },
             Duration::from_secs(2),
         );
@@ -97,6 +118,7 @@ mod tests {
         assert_eq!(v["down"]["passed_bytes"], 2 << 20);
         assert_eq!(v["down"]["dropped_bytes"], 3000);
         assert_eq!(v["up"]["dropped_packets"], 0);
+        assert!(v.get("excluded").is_none());
     }
 
     #[test]
@@ -107,18 +129,30 @@ mod tests {
             dropped_bytes: 3000,
             dropped_packets: 2,
         };
-        let line = summary(
-            "wget-1",
-            &PerDirection {
+        let mut totals = Totals {
+            limited: PerDirection {
                 down,
                 up: Counters::default(),
             },
-            Duration::from_secs(2),
-        );
+            excluded: None,
+        };
+        let line = summary("wget-1", &totals, Duration::from_secs(2));
         assert_eq!(
             line,
             "throttle: wget-1: 2.00 s; down 2.00 MiB (1.00 MiB/s), 2.93 KiB dropped in 2 packets; \
              up 0 B (0 B/s), 0 B dropped in 0 packets"
+        );
+        totals.excluded = Some(PerDirection {
+            down: Counters {
+                passed_bytes: 1 << 30,
+                ..Counters::default()
+            },
+            up: Counters::default(),
+        });
+        let line = summary("wget-1", &totals, Duration::from_secs(2));
+        assert!(
+            line.ends_with("; unlimited by --exclude/--only: down 1.00 GiB, up 0 B"),
+            "{line}"
         );
     }
 }

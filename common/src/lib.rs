@@ -5,6 +5,7 @@
 #![no_std]
 
 pub mod fairness;
+pub mod networks;
 pub mod packet;
 pub mod policer;
 pub mod sockets;
@@ -105,6 +106,9 @@ impl<T> core::ops::IndexMut<Direction> for PerDirection<T> {
 pub const MAP_LIMITS: &str = "LIMITS";
 pub const MAP_COUNTERS: &str = "COUNTERS";
 pub const MAP_TUNING: &str = "TUNING";
+pub const MAP_NETWORKS: &str = "NETWORKS";
+pub const MAP_SCOPE: &str = "SCOPE";
+pub const MAP_EXCLUDED: &str = "EXCLUDED";
 /// Names of the programs in the eBPF object, the eBPF side's functions of
 /// the same names (kernel program names are cut at 15 bytes).
 pub const PROG_DOWN: &str = "throttle_down";

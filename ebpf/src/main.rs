@@ -24,12 +24,13 @@ use aya_ebpf::{
     },
     helpers::{bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_setsockopt},
     macros::{cgroup_skb, map, sock_ops},
-    maps::{Array, LruHashMap, PerCpuArray},
+    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
     programs::{SkBuffContext, SockOpsContext},
 };
 use throttle_common::{
     Counters, DIRECTIONS, DOWN, Limit, UP,
     fairness::police_fairly,
+    networks::{MAX_NETWORKS, SCOPE_EVERYTHING, limited, mapped},
     packet::{IPPROTO_TCP, ip_header_len, layout, tcp_without_payload},
     policer::{Step, police, transmit_ns},
     sockets::{
@@ -78,6 +79,21 @@ static FAIR: LruHashMap<u64, u64> = LruHashMap::with_max_entries(4096, 0);
 #[map]
 static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(DIRECTIONS, 0);
 
+/// `--exclude` and `--only`: the run's networks by longest prefix, IPv4 as
+/// IPv4-mapped IPv6, each marked `EXCLUDE` or `ONLY` (see
+/// `throttle_common::networks`).
+#[map]
+static NETWORKS: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(MAX_NETWORKS, 0);
+
+/// Entry 0: which of `throttle_common::networks`' scopes the lists make;
+/// `SCOPE_EVERYTHING` (no lists) skips the lookup.
+#[map]
+static SCOPE: Array<u32> = Array::with_max_entries(1, 0);
+
+/// The traffic the lists leave unlimited, per direction, counted apart.
+#[map]
+static EXCLUDED: PerCpuArray<Counters> = PerCpuArray::with_max_entries(DIRECTIONS, 0);
+
 const DROP: i32 = 0;
 const PASS: i32 = 1;
 /// Egress only: drop and report congestion (NET_XMIT_CN). TCP keeps the
@@ -114,12 +130,17 @@ pub fn throttle_tuning(ctx: SockOpsContext) -> u32 {
             ctx.cb_flags() | BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG | BPF_SOCK_OPS_STATE_CB_FLAG;
         let _ = ctx.set_cb_flags(flags as i32);
         // SAFETY: the helper has no preconditions.
-        tune(&ctx, unsafe { bpf_ktime_get_ns() });
+        tune(&ctx, unsafe { bpf_ktime_get_ns() }, socket_limited(&ctx));
     } else if op == BPF_SOCK_OPS_HDR_OPT_LEN_CB {
         // SAFETY: the helper has no preconditions.
         let now = unsafe { bpf_ktime_get_ns() };
-        count_if_bulk(&ctx, now);
-        tune(&ctx, now);
+        // Checked per segment, so a `throttle set` of the lists reaches
+        // established connections too.
+        let limited = socket_limited(&ctx);
+        if limited {
+            count_if_bulk(&ctx, now);
+        }
+        tune(&ctx, now, limited);
     } else if op == BPF_SOCK_OPS_STATE_CB
         && ctx.arg(0) == BPF_TCP_ESTABLISHED
         && ctx.arg(1) != BPF_TCP_ESTABLISHED
@@ -196,13 +217,61 @@ const SO_MAX_PACING_RATE: i32 = 47;
 const SOL_TCP: i32 = 6;
 const TCP_WINDOW_CLAMP: i32 = 10;
 
+/// Whether the lists leave this socket's peer limited.
 #[inline(always)]
-fn tune(ctx: &SockOpsContext, now: u64) {
+fn socket_limited(ctx: &SockOpsContext) -> bool {
+    let scope = SCOPE.get(0).copied().unwrap_or(SCOPE_EVERYTHING);
+    if scope == SCOPE_EVERYTHING {
+        return true;
+    }
+    // Every field is read, each at its own constant offset, before the
+    // family chooses: the verifier refuses a context access whose offset
+    // the compiler computed from a branch.
+    // SAFETY: ctx.ops is the kernel's bpf_sock_ops for this call.
+    let (v4, v6) = unsafe {
+        let ops = ctx.ops;
+        (
+            core::ptr::read_volatile(&(*ops).remote_ip4),
+            [
+                core::ptr::read_volatile(&(*ops).remote_ip6[0]),
+                core::ptr::read_volatile(&(*ops).remote_ip6[1]),
+                core::ptr::read_volatile(&(*ops).remote_ip6[2]),
+                core::ptr::read_volatile(&(*ops).remote_ip6[3]),
+            ],
+        )
+    };
+    let peer = match ctx.family() {
+        AF_INET => mapped(v4.to_ne_bytes()),
+        AF_INET6 => {
+            let mut peer = [0u8; 16];
+            for (i, word) in v6.iter().enumerate() {
+                peer[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
+            }
+            peer
+        }
+        _ => return true,
+    };
+    limited(NETWORKS.get(Key::new(128, peer)).copied(), scope)
+}
+
+const AF_INET: u32 = 2;
+const AF_INET6: u32 = 10;
+
+/// Keeps the socket's receive window clamp and pacing cap in line with the
+/// limits; a socket the lists leave unlimited gets neither.
+#[inline(always)]
+fn tune(ctx: &SockOpsContext, now: u64, limited: bool) {
     if TUNING.get(0).copied().unwrap_or(0) == 0 {
         return;
     }
     let (Some(down), Some(up)) = (LIMITS.get(DOWN), LIMITS.get(UP)) else {
         return;
+    };
+    let unlimited = Limit::default();
+    let (down, up) = if limited {
+        (down, up)
+    } else {
+        (&unlimited, &unlimited)
     };
     // SAFETY: ctx.ops is the kernel's bpf_sock_ops for this call; the
     // options point to locals of the size passed. Failures only mean the
@@ -258,6 +327,16 @@ fn admit(ctx: &SkBuffContext, direction: u32) -> bool {
         return true;
     };
     let len = u64::from(ctx.len());
+    if !peer_limited(ctx, direction) {
+        if let Some(excluded) = EXCLUDED.get_ptr_mut(direction) {
+            // SAFETY: points into this CPU's map value, which outlives the program.
+            unsafe {
+                (*excluded).passed_bytes += len;
+                (*excluded).passed_packets += 1;
+            }
+        }
+        return true;
+    }
     let exempt = is_tcp_control(ctx);
     // SAFETY: `clock` and `counters` point into map values that live as long
     // as the program; the helper has no preconditions.
@@ -300,6 +379,37 @@ fn admit(ctx: &SkBuffContext, direction: u32) -> bool {
         }
         step.passes()
     }
+}
+
+/// Whether the lists leave the packet's peer (its source on the way in,
+/// its destination on the way out) limited. Anything unreadable is limited.
+#[inline(always)]
+fn peer_limited(ctx: &SkBuffContext, direction: u32) -> bool {
+    let scope = SCOPE.get(0).copied().unwrap_or(SCOPE_EVERYTHING);
+    if scope == SCOPE_EVERYTHING {
+        return true;
+    }
+    let Ok(first) = ctx.load::<u8>(0) else {
+        return true;
+    };
+    let peer = match first >> 4 {
+        4 => {
+            let at = if direction == DOWN { 12 } else { 16 };
+            let Ok(v4) = ctx.load::<[u8; 4]>(at) else {
+                return true;
+            };
+            mapped(v4)
+        }
+        6 => {
+            let at = if direction == DOWN { 8 } else { 24 };
+            let Ok(v6) = ctx.load::<[u8; 16]>(at) else {
+                return true;
+            };
+            v6
+        }
+        _ => return true,
+    };
+    limited(NETWORKS.get(Key::new(128, peer)).copied(), scope)
 }
 
 /// Whether the packet is a TCP segment without payload (see

@@ -4,6 +4,7 @@
 mod control;
 mod harness;
 mod lifecycle;
+mod networks;
 // Shared with the benchmark, which uses helpers these tests do not.
 #[allow(dead_code)]
 #[path = "../../xtask/src/netlab.rs"]

@@ -47,7 +47,7 @@ fn upload(name: &str, limits: &[&str], server: &Server, bytes: u64) -> Samples {
     samples
 }
 
-fn upload_file(bytes: u64) -> tempfile_path::TempFile {
+pub(crate) fn upload_file(bytes: u64) -> tempfile_path::TempFile {
     let file = tempfile_path::TempFile::new("upload");
     let mut f = std::fs::File::create(&file.0).unwrap();
     let chunk = vec![0u8; MIB as usize];
@@ -286,7 +286,7 @@ fn nested_runs_compose_and_the_tighter_limit_wins() {
 }
 
 /// A file removed when dropped.
-mod tempfile_path {
+pub(crate) mod tempfile_path {
     use std::path::PathBuf;
 
     pub struct TempFile(pub PathBuf);

@@ -420,8 +420,12 @@ impl Bench<'_> {
     }
 
     fn iperf(&self, case: &Case, contender: Contender, limit: Option<u64>) -> Result<Measurement> {
+        self.iperf_under(case, self.wrap(contender, limit))
+    }
+
+    /// iperf3 for `case`, started by the command prefix `cmd`.
+    fn iperf_under(&self, case: &Case, mut cmd: Command) -> Result<Measurement> {
         let (addr, port) = self.lab.iperf(case.link);
-        let mut cmd = self.wrap(contender, limit);
         let (secs, warmup) = (self.plan.secs.to_string(), self.plan.warmup.to_string());
         cmd.args(["iperf3", "-J", "--get-server-output", "-c"])
             .arg(addr.to_string())
@@ -594,16 +598,25 @@ impl Bench<'_> {
         );
         let warmup = Duration::from_secs(self.plan.warmup.into());
         let end = samples.duration();
+        // A timed download that ended early (the client gave up, or the
+        // limiter broke it) measured nothing: its few bytes over a moment
+        // are no rate.
+        ensure!(
+            whole || end > warmup + Duration::from_secs(1),
+            "the download ended {:.1} s after its first byte, before the run's {run_for} s: {}",
+            end.as_secs_f64(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
         let per_second: Vec<f64> = (u64::from(self.plan.warmup)..)
             .map(Duration::from_secs)
             .take_while(|t| *t + Duration::from_secs(1) <= end)
             .map(|t| samples.rate_between(t, t + Duration::from_secs(1)))
             .collect();
         // A whole file's rate is the user's: its size over the time it took.
-        let achieved = if !whole && end > warmup + Duration::from_secs(1) {
-            samples.rate_between(warmup, end)
-        } else {
+        let achieved = if whole {
             samples.overall_rate()
+        } else {
+            samples.rate_between(warmup, end)
         };
         Ok(Measurement {
             achieved,
@@ -631,19 +644,27 @@ impl Bench<'_> {
         Ok((value, cost))
     }
 
-    /// Programs attached but no limit, against no throttle at all; and the
-    /// start-up cost of `throttle -- true`.
+    /// Programs attached but no limit, and the same with `--exclude` lists
+    /// the traffic does not match (so every packet is looked up), against
+    /// no throttle at all; and the start-up cost of `throttle -- true`.
     fn overhead(&self) -> Result<report::Overhead> {
         let mut throughput = Vec::new();
         for dir in [Dir::Down, Dir::Up] {
             let case = Case::new(Link::Veth, Traffic::Tcp { flows: 1 }, dir, 0);
             let mut bare = Vec::new();
             let mut attached = Vec::new();
+            let mut listed = Vec::new();
             for _ in 0..self.plan.overhead_runs {
                 bare.push(self.iperf(&case, Contender::Bare, None)?.achieved);
                 attached.push(self.iperf(&case, Contender::Throttle, None)?.achieved);
+                listed.push(self.iperf_under(&case, self.with_lists())?.achieved);
             }
-            throughput.push((dir, report::median(&bare), report::median(&attached)));
+            throughput.push(report::Throughput {
+                dir,
+                bare: report::median(&bare),
+                attached: report::median(&attached),
+                listed: report::median(&listed),
+            });
         }
         let runs = 20;
         let time = |cmd: &mut Command| -> Result<f64> {
@@ -664,6 +685,18 @@ impl Bench<'_> {
             true_throttled: wrapped,
             true_runs: runs,
         })
+    }
+
+    /// throttle without a limit but with `--exclude` lists of
+    /// [`LISTED_NETWORKS`] networks that the lab's traffic never matches.
+    fn with_lists(&self) -> Command {
+        let mut c = Command::new(self.throttle);
+        c.arg("--summary=json");
+        for i in 0..LISTED_NETWORKS {
+            c.args(["--exclude", &format!("192.0.2.{}/32", i * 4)]);
+        }
+        c.arg("--exclude").arg("local").arg("--");
+        c
     }
 
     /// The rate every 100 ms of a curl download at `limit` (curl, because
@@ -687,6 +720,9 @@ impl Bench<'_> {
             .collect())
     }
 }
+
+/// How many networks the overhead's `--exclude` run lists (besides `local`).
+const LISTED_NETWORKS: usize = 16;
 
 /// Runs `cmd` to its end, or stops it (SIGTERM, then SIGKILL 5 s later)
 /// after `bound` and fails.

@@ -7,7 +7,7 @@
 use std::{
     fs,
     io::{BufRead as _, BufReader, Read, Write as _},
-    net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     sync::{
@@ -34,10 +34,12 @@ pub fn run_ip(args: &[&str]) {
 }
 
 /// A network namespace joined to the host by a veth pair (MTU 1500), with
-/// the host side at 10.213.N.1 and the namespace side at 10.213.N.2.
+/// the host side at 10.213.N.1 and fd13:213:N::1, and the namespace side at
+/// 10.213.N.2 and fd13:213:N::2.
 pub struct Netns {
     pub name: String,
     pub peer: Ipv4Addr,
+    pub peer6: Ipv6Addr,
     /// The namespace's end of the veth pair (where the benchmark puts netem).
     pub link: String,
 }
@@ -51,10 +53,15 @@ impl Netns {
         let name = format!("thr-lab-{pid}-{n}");
         let (host_if, ns_if) = (format!("t{pid}h{n}"), format!("t{pid}n{n}"));
         let (host, peer) = (format!("10.213.{n}.1"), Ipv4Addr::new(10, 213, n as u8, 2));
+        let (host6, peer6) = (
+            Ipv6Addr::new(0xfd13, 0x213, n as u16, 0, 0, 0, 0, 1),
+            Ipv6Addr::new(0xfd13, 0x213, n as u16, 0, 0, 0, 0, 2),
+        );
         run_ip(&["netns", "add", &name]);
         let netns = Netns {
             name,
             peer,
+            peer6,
             link: ns_if.clone(),
         };
         run_ip(&[
@@ -72,16 +79,39 @@ impl Netns {
             "dev",
             &ns_if,
         ]);
+        // nodad: the addresses work at once, not after duplicate detection.
+        run_ip(&[
+            "addr",
+            "add",
+            &format!("{host6}/64"),
+            "dev",
+            &host_if,
+            "nodad",
+        ]);
+        run_ip(&[
+            "-n",
+            &netns.name,
+            "addr",
+            "add",
+            &format!("{peer6}/64"),
+            "dev",
+            &ns_if,
+            "nodad",
+        ]);
         run_ip(&["-n", &netns.name, "link", "set", &ns_if, "up"]);
         run_ip(&["-n", &netns.name, "link", "set", "lo", "up"]);
         netns
     }
 
-    /// Starts the test's HTTP server inside the namespace.
+    /// Starts the test's HTTP server inside the namespace, at its IPv4 address.
     pub fn serve(&self) -> Server {
+        self.serve_at(IpAddr::V4(self.peer))
+    }
+
+    /// Starts the test's HTTP server inside the namespace, at `peer`.
+    pub fn serve_at(&self, peer: IpAddr) -> Server {
         let (tx, rx) = std::sync::mpsc::channel();
         let path = PathBuf::from("/run/netns").join(&self.name);
-        let peer = self.peer;
         let uploads = Arc::new(Mutex::new(Vec::new()));
         let recorded = Arc::clone(&uploads);
         thread::spawn(move || {
@@ -89,8 +119,7 @@ impl Netns {
             let ns = fs::File::open(&path).expect("opening the namespace");
             nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
                 .expect("entering the namespace");
-            let listener =
-                TcpListener::bind(SocketAddrV4::new(peer, 0)).expect("binding the server");
+            let listener = TcpListener::bind(SocketAddr::new(peer, 0)).expect("binding the server");
             tx.send(listener.local_addr().unwrap().port()).unwrap();
             for stream in listener.incoming().flatten() {
                 let recorded = Arc::clone(&recorded);
@@ -101,7 +130,7 @@ impl Netns {
             .recv_timeout(Duration::from_secs(5))
             .expect("server did not start");
         Server {
-            url: format!("http://{}:{port}", self.peer),
+            url: format!("http://{}", SocketAddr::new(peer, port)),
             uploads,
         }
     }
