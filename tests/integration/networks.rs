@@ -217,3 +217,44 @@ fn bad_networks_are_refused_in_one_line() {
         assert!(!harness::run_cgroup("t-badnet").exists());
     }
 }
+
+/// Issue 15: lists compose with nesting. Each run's lists decide only for
+/// its own limit: an outer run that excludes a network leaves an inner
+/// run's limit on it in force, and an inner run's exclusion does not lift
+/// the outer run's.
+#[test]
+fn nested_runs_keep_their_own_lists() {
+    let Some(_serial) = harness::start("nested_runs_keep_their_own_lists") else {
+        return;
+    };
+    let netns = Netns::new();
+    let server = netns.serve();
+    let peer = host(IpAddr::V4(netns.peer));
+    let outer_excludes: [&[&str]; 2] = [&["--down", "4M", "--exclude", &peer], &["--down", "1M"]];
+    let inner_excludes: [&[&str]; 2] = [&["--down", "1M"], &["--down", "4M", "--exclude", &peer]];
+    for ([outer, inner], case) in [
+        (outer_excludes, "outer excludes"),
+        (inner_excludes, "inner excludes"),
+    ] {
+        let mut cmd = throttle();
+        cmd.args(outer)
+            .args(["--name", "t-outer-l", "--", harness::THROTTLE])
+            .args(inner)
+            .args(["--name", "t-inner-l", "--", "curl", "-sS", "--fail"])
+            .arg(format!("{}/{}", server.url, 8 * MIB));
+        let (samples, output) = measure_stdout(&mut cmd, TIMEOUT);
+        assert!(
+            output.status.success(),
+            "{case}: {}",
+            harness::stderr(&output)
+        );
+        assert_ratio(
+            &format!("nested, {case}"),
+            samples.steady_rate(Duration::from_secs(1), Duration::from_secs(4)),
+            MIB,
+            0.90,
+            1.05,
+        );
+        assert_clean("t-outer-l");
+    }
+}
