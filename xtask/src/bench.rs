@@ -20,7 +20,7 @@ use nix::sys::resource::{UsageWho, getrusage};
 use serde_json::Value;
 
 use crate::{
-    netlab::{Netns, Stopper, measure_file_growth, measure_stdout},
+    netlab::{Netns, Stopper, measure_file_growth},
     plot,
     report::{self, Case, Contender, Dir, Link, Measurement, Traffic},
 };
@@ -160,12 +160,31 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
     let overhead = bench.overhead()?;
     let mut plot_file = None;
     if plan.plot {
-        let traces = [Contender::Throttle, Contender::Trickle]
-            .into_iter()
-            .map(|c| Ok((c, bench.trace(c, MIB)?)))
-            .collect::<Result<Vec<_>>>()?;
+        let contenders = [Contender::Throttle, Contender::Trickle];
+        let mut panels = Vec::new();
+        for (title, traffic) in [
+            ("curl, one connection", Traffic::Curl),
+            (
+                "aria2c, 8 connections",
+                Traffic::Aria2 {
+                    connections: 8,
+                    whole_file: true,
+                },
+            ),
+        ] {
+            let traces = contenders
+                .into_iter()
+                .map(|c| Ok((c, bench.trace(c, MIB, traffic)?)))
+                .collect::<Result<Vec<_>>>()?;
+            panels.push(plot::Traces {
+                title: format!("{title}: 1 MiB/s download over veth, every 100 ms"),
+                traces,
+            });
+        }
         let path = options.out.join("rate-1MiB-download.png");
-        plot::rates(&path, MIB, &traces)?;
+        plot::rates(&path, MIB, 1.5 * TRACE_SECS as f64, &panels)?;
+        let cases = options.out.join("cases.png");
+        plot::cases(&cases, &rows, &contenders)?;
         plot_file = Some(path);
     }
     let text = report::markdown(
@@ -553,36 +572,9 @@ impl Bench<'_> {
         }
         let stop_after = if whole { 4 * run_for + 30 } else { run_for };
         let url = format!("{}/{size}", self.lab.http.url);
-        let file = self.lab.scratch.join("download");
-        // aria2c resumes from its control file; every run starts afresh.
-        for stale in [file.clone(), file.with_extension("aria2")] {
-            match fs::remove_file(&stale) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(e).with_context(|| format!("removing {}", stale.display()));
-                }
-                _ => {}
-            }
-        }
+        let file = self.fresh_scratch("download")?;
         let mut cmd = self.wrap(contender, Some(case.limit));
-        match case.traffic {
-            Traffic::Aria2 { connections, .. } => {
-                let n = connections.to_string();
-                // Pieces of 1 MiB (the least aria2c takes) so that even a
-                // small file is split over every connection; no disk cache,
-                // so the file grows as bytes arrive.
-                cmd.args(["aria2c", "-q", "-x", &n, "-s", &n, "-k", "1M"])
-                    .args(["--file-allocation=none", "--disk-cache=0"])
-                    .args(["--allow-overwrite=true", "--auto-file-renaming=false"])
-                    .arg("-d")
-                    .arg(&self.lab.scratch)
-                    .args(["-o", "download", &url]);
-            }
-            _ => {
-                cmd.args(["curl", "-sS", "--fail", "-o"])
-                    .arg(&file)
-                    .arg(&url);
-            }
-        }
+        self.client(&mut cmd, case.traffic, &url, "download");
         let ((samples, output), cost) = self.costed(case, || {
             measure_file_growth(
                 &mut cmd,
@@ -627,6 +619,45 @@ impl Bench<'_> {
             cpu: cost.cpu,
             fairness: None,
         })
+    }
+
+    /// The path of scratch file `name`, with no file there: aria2c resumes
+    /// from what it finds, and every run starts afresh.
+    fn fresh_scratch(&self, name: &str) -> Result<PathBuf> {
+        let file = self.lab.scratch.join(name);
+        for stale in [file.clone(), file.with_extension("aria2")] {
+            match fs::remove_file(&stale) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(e).with_context(|| format!("removing {}", stale.display()));
+                }
+                _ => {}
+            }
+        }
+        Ok(file)
+    }
+
+    /// Appends the download client of `traffic` (aria2c for aria2 cases,
+    /// else curl), fetching `url` into scratch file `name`.
+    fn client(&self, cmd: &mut Command, traffic: Traffic, url: &str, name: &str) {
+        match traffic {
+            Traffic::Aria2 { connections, .. } => {
+                let n = connections.to_string();
+                // Pieces of 1 MiB (the least aria2c takes) so that even a
+                // small file is split over every connection; no disk cache,
+                // so the file grows as bytes arrive.
+                cmd.args(["aria2c", "-q", "-x", &n, "-s", &n, "-k", "1M"])
+                    .args(["--file-allocation=none", "--disk-cache=0"])
+                    .args(["--allow-overwrite=true", "--auto-file-renaming=false"])
+                    .arg("-d")
+                    .arg(&self.lab.scratch)
+                    .args(["-o", name, url]);
+            }
+            _ => {
+                cmd.args(["curl", "-sS", "--fail", "-o"])
+                    .arg(self.lab.scratch.join(name))
+                    .arg(url);
+            }
+        }
     }
 
     /// Runs `run` and measures what it cost: CPU seconds of the children it
@@ -699,17 +730,22 @@ impl Bench<'_> {
         c
     }
 
-    /// The rate every 100 ms of a curl download at `limit` (curl, because
-    /// trickle makes iperf3's JSON mode fail on downloads).
-    fn trace(&self, contender: Contender, limit: u64) -> Result<Vec<(f64, f64)>> {
-        let secs = 10;
-        let url = format!("{}/{}", self.lab.http.url, limit * secs);
+    /// The rate every 100 ms of a download of [`TRACE_SECS`] at `limit`
+    /// by the client of `traffic`, from its start.
+    fn trace(&self, contender: Contender, limit: u64, traffic: Traffic) -> Result<Vec<(f64, f64)>> {
+        let url = format!("{}/{}", self.lab.http.url, limit * TRACE_SECS);
+        let file = self.fresh_scratch("trace")?;
         let mut cmd = self.wrap(contender, Some(limit));
-        cmd.args(["curl", "-sS", "--fail", &url]);
-        let (samples, output) = measure_stdout(&mut cmd, Duration::from_secs(4 * secs + 30));
+        self.client(&mut cmd, traffic, &url, "trace");
+        let (samples, output) = measure_file_growth(
+            &mut cmd,
+            &file,
+            Duration::from_secs(6 * TRACE_SECS + 30),
+            Duration::from_secs(10),
+        );
         ensure!(
             output.status.success(),
-            "curl failed: {}",
+            "the download failed: {}",
             String::from_utf8_lossy(&output.stderr)
         );
         let step = Duration::from_millis(100);
@@ -720,6 +756,9 @@ impl Bench<'_> {
             .collect())
     }
 }
+
+/// How long the plotted downloads take at their limit.
+const TRACE_SECS: u64 = 10;
 
 /// How many networks the overhead's `--exclude` run lists (besides `local`).
 const LISTED_NETWORKS: usize = 16;
