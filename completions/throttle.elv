@@ -20,7 +20,7 @@ set edit:completion:arg-completer[throttle] = {|@words|
         &'throttle'= {
             cand --down 'Limit the download (ingress) rate; unlimited if omitted'
             cand --up 'Limit the upload (egress) rate; unlimited if omitted'
-            cand --burst 'Bucket depth: how far a burst may run ahead of the rate [default: 250 ms of the rate, at least 16K]'
+            cand --burst 'Bucket depth: how far a burst may run ahead of the rate; at least 125 ms of each limited rate and 16K [default: 250 ms of the rate, at least 16K]'
             cand --exclude 'Leave traffic to and from CIDR unlimited (still counted, apart); repeatable. ''local'' is loopback and link-local'
             cand --only 'Limit only traffic to and from CIDR; repeatable. With --exclude, the longest matching network decides'
             cand --name 'Name of the run, for ''throttle list/set/stats'' [default: COMMAND-PID]'

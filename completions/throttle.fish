@@ -26,7 +26,7 @@ end
 
 complete -c throttle -n "__fish_throttle_needs_command" -l down -d 'Limit the download (ingress) rate; unlimited if omitted' -r
 complete -c throttle -n "__fish_throttle_needs_command" -l up -d 'Limit the upload (egress) rate; unlimited if omitted' -r
-complete -c throttle -n "__fish_throttle_needs_command" -l burst -d 'Bucket depth: how far a burst may run ahead of the rate [default: 250 ms of the rate, at least 16K]' -r
+complete -c throttle -n "__fish_throttle_needs_command" -l burst -d 'Bucket depth: how far a burst may run ahead of the rate; at least 125 ms of each limited rate and 16K [default: 250 ms of the rate, at least 16K]' -r
 complete -c throttle -n "__fish_throttle_needs_command" -l exclude -d 'Leave traffic to and from CIDR unlimited (still counted, apart); repeatable. \'local\' is loopback and link-local' -r
 complete -c throttle -n "__fish_throttle_needs_command" -l only -d 'Limit only traffic to and from CIDR; repeatable. With --exclude, the longest matching network decides' -r
 complete -c throttle -n "__fish_throttle_needs_command" -l name -d 'Name of the run, for \'throttle list/set/stats\' [default: COMMAND-PID]' -r

@@ -75,7 +75,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "RATE", value_parser = rate)]
     pub up: Option<Rate>,
 
-    /// Bucket depth: how far a burst may run ahead of the rate [default: 250 ms of the rate, at least 16K]
+    /// Bucket depth: how far a burst may run ahead of the rate; at least 125 ms of each limited rate and 16K [default: 250 ms of the rate, at least 16K]
     #[arg(long, value_name = "SIZE", value_parser = size)]
     pub burst: Option<u64>,
 

@@ -432,6 +432,11 @@ mod tests {
         )
         .unwrap_err();
         assert!(refusal.error.starts_with("up: unknown unit"), "{refusal:?}");
+        let refusal = handle(br#"{"version":1,"command":"set","burst":"4K"}"#, &state).unwrap_err();
+        assert!(
+            refusal.error.contains("the smallest accepted is 128K"),
+            "{refusal:?}"
+        );
         assert_eq!(*state.limits.lock().unwrap(), before);
         assert!(
             state

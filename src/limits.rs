@@ -7,7 +7,7 @@ use throttle_common::{
     networks::{
         EXCLUDE, MAX_NETWORKS, Network, ONLY, Place, SCOPE_EVERYTHING, SCOPE_EXCLUDES, SCOPE_ONLY,
     },
-    policer::default_burst,
+    policer::{default_burst, min_burst},
     units::Rate,
 };
 
@@ -94,6 +94,31 @@ impl Limits {
         },
     };
 
+    /// Refuses a burst set explicitly below what a limited direction's
+    /// rate needs ([`min_burst`]), naming the smallest accepted.
+    pub fn check_burst(&self) -> Result<(), String> {
+        let Some(burst) = self.burst else {
+            return Ok(());
+        };
+        for (direction, rate) in self.rates.each() {
+            let Some(rate) = rate.bytes_per_sec() else {
+                continue;
+            };
+            let least = min_burst(rate);
+            if burst < least {
+                return Err(format!(
+                    "burst {} is too small for {} {}/s: the smallest accepted is {} \
+                     (125 ms of the rate, at least 16K), as smaller buckets stall TCP senders",
+                    size_text(burst),
+                    direction.name(),
+                    size_text(rate),
+                    size_text(least)
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// What the `LIMITS` map holds for `direction`.
     pub fn map_value(&self, direction: Direction) -> Limit {
         let rate = self.rates[direction].map_value();
@@ -101,6 +126,15 @@ impl Limits {
             rate,
             burst: self.burst.unwrap_or_else(|| default_burst(rate)),
         }
+    }
+}
+
+/// A size as the SIZE grammar reads it back: "128K", "1M", "1000".
+fn size_text(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{}M", b >> 20),
+        b if b >= 1 << 10 && b % (1 << 10) == 0 => format!("{}K", b >> 10),
+        b => b.to_string(),
     }
 }
 
@@ -128,6 +162,27 @@ mod tests {
             ..limits.clone()
         };
         assert_eq!(explicit.map_value(Direction::Up).burst, 4096);
+    }
+
+    #[test]
+    fn a_burst_below_what_the_rate_needs_is_refused_with_the_smallest() {
+        let limits = |down: u64, burst: u64| Limits {
+            rates: PerDirection {
+                down: Rate::per_sec(down).unwrap(),
+                up: Rate::Unlimited,
+            },
+            burst: Some(burst),
+            scope: Scope::default(),
+        };
+        let error = limits(1 << 20, 4 << 10).check_burst().unwrap_err();
+        assert!(
+            error.starts_with("burst 4K is too small for down 1M/s: the smallest accepted is 128K"),
+            "{error}"
+        );
+        assert!(limits(1 << 20, 128 << 10).check_burst().is_ok());
+        assert!(limits(1024, 16 << 10).check_burst().is_ok());
+        assert!(limits(1024, 16_000).check_burst().is_err());
+        assert!(Limits::NONE.check_burst().is_ok());
     }
 
     fn places(words: &[&str]) -> Vec<Place> {

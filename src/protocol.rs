@@ -66,6 +66,7 @@ impl Changes {
             limits.scope.only.clone_from(only);
         }
         limits.scope.entries().map_err(Refusal::refused)?;
+        limits.check_burst().map_err(Refusal::refused)?;
         Ok(limits)
     }
 }

@@ -62,6 +62,17 @@ impl Plan {
             only: args.only,
         };
         scope.entries().map_err(BadArguments)?;
+        let limits = Limits {
+            rates: PerDirection {
+                down: args.down.unwrap_or(Rate::Unlimited),
+                up: args.up.unwrap_or(Rate::Unlimited),
+            },
+            burst: args.burst,
+            scope,
+        };
+        limits
+            .check_burst()
+            .map_err(|e| BadArguments(format!("--{e}")))?;
         privileges::check()?;
         let mount = cgroup::find_mount()?;
         let parent = cgroup::runs_parent(&mount)?;
@@ -74,14 +85,7 @@ impl Plan {
             cgroup: parent.join(&name),
             name,
             command: args.command,
-            limits: Limits {
-                rates: PerDirection {
-                    down: args.down.unwrap_or(Rate::Unlimited),
-                    up: args.up.unwrap_or(Rate::Unlimited),
-                },
-                burst: args.burst,
-                scope,
-            },
+            limits,
             leftovers: Leftovers {
                 kill_after: args.kill_after,
                 wait_all: args.wait_all,

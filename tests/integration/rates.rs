@@ -324,3 +324,62 @@ pub(crate) mod tempfile_path {
         }
     }
 }
+
+/// Issue 15: the smallest `--burst` throttle accepts at 1 MiB/s (128K,
+/// 125 ms of the rate) holds the rate both ways, over veth and loopback
+/// (whose 64 KiB packets are the hard case); one smaller is refused in one
+/// line that names it, with exit status 2 and nothing left behind.
+#[test]
+fn the_smallest_accepted_burst_holds_the_rate() {
+    let Some(_serial) = harness::start("the_smallest_accepted_burst_holds_the_rate") else {
+        return;
+    };
+    let netns = Netns::new();
+    for (link, server) in [
+        ("veth", netns.serve()),
+        ("loopback", crate::netlab::serve_loopback()),
+    ] {
+        let down = download(
+            "t-burst",
+            &["--down", "1M", "--burst", "128K"],
+            &server.url,
+            TRANSFER,
+        );
+        assert_ratio(
+            &format!("download over {link} with --burst 128K"),
+            down.steady_rate(SKIP, WINDOW),
+            MIB,
+            0.90,
+            1.05,
+        );
+        assert_clean("t-burst");
+        let up = upload(
+            "t-burst",
+            &["--up", "1M", "--burst", "128K"],
+            &server,
+            TRANSFER,
+        );
+        assert_ratio(
+            &format!("upload over {link} with --burst 128K"),
+            up.steady_rate(SKIP, WINDOW),
+            MIB,
+            0.90,
+            1.05,
+        );
+        assert_clean("t-burst");
+    }
+    let refused = throttle()
+        .args([
+            "--down", "1M", "--burst", "127K", "--name", "t-burst", "--", "true",
+        ])
+        .output()
+        .unwrap();
+    let stderr = harness::stderr(&refused);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("--burst 127K") && stderr.contains("smallest accepted is 128K"),
+        "{stderr}"
+    );
+    assert_clean("t-burst");
+}

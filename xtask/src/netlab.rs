@@ -110,29 +110,41 @@ impl Netns {
 
     /// Starts the test's HTTP server inside the namespace, at `peer`.
     pub fn serve_at(&self, peer: IpAddr) -> Server {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let path = PathBuf::from("/run/netns").join(&self.name);
-        let uploads = Arc::new(Mutex::new(Vec::new()));
-        let recorded = Arc::clone(&uploads);
-        thread::spawn(move || {
-            // setns moves only this thread; sockets it creates live in the namespace.
+        serve(Some(PathBuf::from("/run/netns").join(&self.name)), peer)
+    }
+}
+
+/// Starts the test's HTTP server on this namespace's loopback, 127.0.0.1.
+pub fn serve_loopback() -> Server {
+    serve(None, IpAddr::V4(Ipv4Addr::LOCALHOST))
+}
+
+/// Starts the test's HTTP server at `peer`, inside the namespace at `netns`
+/// (a /run/netns path) or in this one.
+fn serve(netns: Option<PathBuf>, peer: IpAddr) -> Server {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let uploads = Arc::new(Mutex::new(Vec::new()));
+    let recorded = Arc::clone(&uploads);
+    thread::spawn(move || {
+        // setns moves only this thread; sockets it creates live in the namespace.
+        if let Some(path) = netns {
             let ns = fs::File::open(&path).expect("opening the namespace");
             nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
                 .expect("entering the namespace");
-            let listener = TcpListener::bind(SocketAddr::new(peer, 0)).expect("binding the server");
-            tx.send(listener.local_addr().unwrap().port()).unwrap();
-            for stream in listener.incoming().flatten() {
-                let recorded = Arc::clone(&recorded);
-                thread::spawn(move || serve_one(stream, &recorded));
-            }
-        });
-        let port = rx
-            .recv_timeout(Duration::from_secs(5))
-            .expect("server did not start");
-        Server {
-            url: format!("http://{}", SocketAddr::new(peer, port)),
-            uploads,
         }
+        let listener = TcpListener::bind(SocketAddr::new(peer, 0)).expect("binding the server");
+        tx.send(listener.local_addr().unwrap().port()).unwrap();
+        for stream in listener.incoming().flatten() {
+            let recorded = Arc::clone(&recorded);
+            thread::spawn(move || serve_one(stream, &recorded));
+        }
+    });
+    let port = rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("server did not start");
+    Server {
+        url: format!("http://{}", SocketAddr::new(peer, port)),
+        uploads,
     }
 }
 
