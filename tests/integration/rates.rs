@@ -383,3 +383,32 @@ fn the_smallest_accepted_burst_holds_the_rate() {
     );
     assert_clean("t-burst");
 }
+
+/// Issue 15: the lowest limit the README states, 1 KiB/s, holds over 30 s
+/// of a curl download (measured after the first 2 s, which the bucket's
+/// initial burst serves).
+#[test]
+fn a_download_at_one_kib_per_second_holds_over_thirty_seconds() {
+    let Some(_serial) =
+        harness::start("a_download_at_one_kib_per_second_holds_over_thirty_seconds")
+    else {
+        return;
+    };
+    let netns = Netns::new();
+    let server = netns.serve();
+    let mut cmd = throttle();
+    cmd.args([
+        "--down", "1K", "--name", "t-1k", "--", "curl", "-sS", "--fail",
+    ])
+    .arg(format!("{}/{}", server.url, 64 * 1024));
+    let (samples, output) = measure_stdout(&mut cmd, Duration::from_secs(90));
+    assert!(output.status.success(), "{}", harness::stderr(&output));
+    assert_ratio(
+        "download at --down 1K, 2 s to 32 s",
+        samples.rate_between(Duration::from_secs(2), Duration::from_secs(32)),
+        1024,
+        0.90,
+        1.10,
+    );
+    assert_clean("t-1k");
+}
