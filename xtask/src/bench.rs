@@ -30,6 +30,8 @@ pub const MIB: u64 = 1024 * KIB;
 
 pub struct Options {
     pub quick: bool,
+    /// Whether the full benchmark ends with the round-trip section.
+    pub rtt: bool,
     /// Runs per row of the round-trip section.
     pub reps: usize,
     pub throttle: PathBuf,
@@ -199,7 +201,7 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
     fs::write(&path, &text).with_context(|| format!("writing {}", path.display()))?;
     // The full benchmark ends with the round trips users see, measured in
     // the kernel lab; its report becomes a section of this one.
-    let text = if options.quick {
+    let text = if options.quick || !options.rtt {
         text
     } else {
         let rtt = crate::rtt::run(

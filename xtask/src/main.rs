@@ -68,6 +68,9 @@ enum Task {
         /// Only the real round-trip times (0, 20, 80 ms under netem, in the Linux 6.12 guest); writes rtt.md
         #[arg(long)]
         rtt: bool,
+        /// Leave out the round-trip section (the veth and loopback part alone, about 30 minutes)
+        #[arg(long, conflicts_with = "rtt")]
+        no_rtt: bool,
         /// Runs per row of the round-trip section
         #[arg(long, default_value_t = 1, value_name = "N")]
         reps: usize,
@@ -138,6 +141,7 @@ fn main() -> Result<()> {
             filter,
             throttle_only,
             rtt_guest,
+            no_rtt,
         } => {
             let out = out.unwrap_or_else(|| root.join("target/bench"));
             if (filter.is_some() || throttle_only) && !rtt && !rtt_guest {
@@ -170,6 +174,7 @@ fn main() -> Result<()> {
                 &root,
                 &bench::Options {
                     quick,
+                    rtt: !no_rtt,
                     reps,
                     throttle,
                     out,
