@@ -680,10 +680,15 @@ fn a_set_up_that_hangs_can_be_stopped() {
         .unwrap();
     let tracer_pid = tracer.id();
     let deadline = Instant::now() + Duration::from_secs(5);
+    // strace's children include a short-lived one of its own besides the
+    // traced wrapper: the wrapper is the child that runs throttle.
     let wrapper = loop {
         let children = fs::read_to_string(format!("/proc/{tracer_pid}/task/{tracer_pid}/children"))
             .unwrap_or_default();
-        if let Some(pid) = children.split_whitespace().next() {
+        let throttle = children.split_whitespace().find(|pid| {
+            fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "throttle")
+        });
+        if let Some(pid) = throttle {
             break pid.parse::<i32>().unwrap();
         }
         assert!(Instant::now() < deadline, "strace started no wrapper");
