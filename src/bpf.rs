@@ -109,7 +109,10 @@ impl Programs {
             attachments: Vec::with_capacity(Hook::ALL.len()),
         };
         programs.set_limits(limits)?;
-        programs.set_scope(&limits.scope)?;
+        // A fresh object's maps already say "no lists".
+        if !limits.scope.is_empty() {
+            programs.set_scope(&limits.scope)?;
+        }
         for hook in Hook::ALL {
             programs.attach_one(hook, cgroup_dir)?;
         }

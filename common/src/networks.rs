@@ -38,6 +38,14 @@ pub const fn mapped(v4: [u8; 4]) -> [u8; 16] {
     ]
 }
 
+/// An IPv4 address as the trie holds it, in 32-bit words as the kernel
+/// stores addresses (network byte order in memory): the eBPF side builds
+/// keys from words it reads, without byte-by-byte copies the verifier would
+/// have to walk.
+pub const fn mapped_words(v4: u32) -> [u32; 4] {
+    [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), v4]
+}
+
 /// Whether traffic with a peer is limited, from the value of the longest
 /// trie entry matching the peer (if any) and the run's `SCOPE`.
 #[inline(always)]
@@ -276,6 +284,17 @@ mod tests {
         assert!(local[0].contains(&mapped([127, 0, 0, 1])));
         assert!(local[2].contains(&Ipv6Addr::LOCALHOST.octets()));
         assert!(local[3].contains(&"fe80::1".parse::<Ipv6Addr>().unwrap().octets()));
+    }
+
+    #[test]
+    fn words_and_bytes_make_the_same_key() {
+        let v4 = [10, 213, 7, 2];
+        let words = mapped_words(u32::from_ne_bytes(v4));
+        let mut bytes = [0u8; 16];
+        for (i, word) in words.iter().enumerate() {
+            bytes[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
+        }
+        assert_eq!(bytes, mapped(v4));
     }
 
     #[test]

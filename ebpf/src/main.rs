@@ -30,7 +30,7 @@ use aya_ebpf::{
 use throttle_common::{
     Counters, DIRECTIONS, DOWN, Limit, UP,
     fairness::police_fairly,
-    networks::{MAX_NETWORKS, SCOPE_EVERYTHING, limited, mapped},
+    networks::{MAX_NETWORKS, SCOPE_EVERYTHING, limited, mapped_words},
     packet::{IPPROTO_TCP, ip_header_len, layout, tcp_without_payload},
     policer::{Step, police, transmit_ns},
     sockets::{
@@ -83,7 +83,7 @@ static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(DIRECTION
 /// IPv4-mapped IPv6, each marked `EXCLUDE` or `ONLY` (see
 /// `throttle_common::networks`).
 #[map]
-static NETWORKS: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(MAX_NETWORKS, 0);
+static NETWORKS: LpmTrie<[u32; 4], u32> = LpmTrie::with_max_entries(MAX_NETWORKS, 0);
 
 /// Entry 0: which of `throttle_common::networks`' scopes the lists make;
 /// `SCOPE_EVERYTHING` (no lists) skips the lookup.
@@ -123,21 +123,24 @@ pub fn throttle_up(ctx: SkBuffContext) -> i32 {
 #[sock_ops]
 pub fn throttle_tuning(ctx: SockOpsContext) -> u32 {
     let op = ctx.op();
-    if op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB || op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB {
-        // Asks for a callback per outgoing segment (the header-option
-        // length query; no option is ever written) and one per state change.
-        let flags =
-            ctx.cb_flags() | BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG | BPF_SOCK_OPS_STATE_CB_FLAG;
-        let _ = ctx.set_cb_flags(flags as i32);
-        // SAFETY: the helper has no preconditions.
-        tune(&ctx, unsafe { bpf_ktime_get_ns() }, socket_limited(&ctx));
-    } else if op == BPF_SOCK_OPS_HDR_OPT_LEN_CB {
+    let established =
+        op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB || op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB;
+    // One path for both events, so the verifier (whose time is most of a
+    // run's start-up) checks the lookup and the tuning once, not twice.
+    if established || op == BPF_SOCK_OPS_HDR_OPT_LEN_CB {
         // SAFETY: the helper has no preconditions.
         let now = unsafe { bpf_ktime_get_ns() };
         // Checked per segment, so a `throttle set` of the lists reaches
         // established connections too.
         let limited = socket_limited(&ctx);
-        if limited {
+        if established {
+            // Asks for a callback per outgoing segment (the header-option
+            // length query; no option is ever written) and one per state
+            // change.
+            let flags =
+                ctx.cb_flags() | BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG | BPF_SOCK_OPS_STATE_CB_FLAG;
+            let _ = ctx.set_cb_flags(flags as i32);
+        } else if limited {
             count_if_bulk(&ctx, now);
         }
         tune(&ctx, now, limited);
@@ -241,14 +244,8 @@ fn socket_limited(ctx: &SockOpsContext) -> bool {
         )
     };
     let peer = match ctx.family() {
-        AF_INET => mapped(v4.to_ne_bytes()),
-        AF_INET6 => {
-            let mut peer = [0u8; 16];
-            for (i, word) in v6.iter().enumerate() {
-                peer[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
-            }
-            peer
-        }
+        AF_INET => mapped_words(v4),
+        AF_INET6 => v6,
         _ => return true,
     };
     limited(NETWORKS.get(Key::new(128, peer)).copied(), scope)
@@ -267,24 +264,22 @@ fn tune(ctx: &SockOpsContext, now: u64, limited: bool) {
     let (Some(down), Some(up)) = (LIMITS.get(DOWN), LIMITS.get(UP)) else {
         return;
     };
-    let unlimited = Limit::default();
-    let (down, up) = if limited {
-        (down, up)
-    } else {
-        (&unlimited, &unlimited)
-    };
+    // A rate of 0 (no clamp, no cap) for a socket the lists leave alone,
+    // as arithmetic rather than a branch: one path for the verifier.
+    let keep = u64::from(limited);
+    let (down_rate, up_rate) = (down.rate * keep, up.rate * keep);
     // SAFETY: ctx.ops is the kernel's bpf_sock_ops for this call; the
     // options point to locals of the size passed. Failures only mean the
     // socket keeps its current setting; the policer still holds the limit.
     unsafe {
         let tat = CLOCK.get(DOWN).copied().unwrap_or(0);
-        let tolerance = if down.rate == 0 {
+        let tolerance = if down_rate == 0 {
             0
         } else {
-            transmit_ns(down.burst, down.rate)
+            transmit_ns(down.burst, down_rate)
         };
         let mut window = receive_window(
-            share(down.rate, receiving(now)),
+            share(down_rate, receiving(now)),
             (*ctx.ops).srtt_us,
             (*ctx.ops).mss_cache,
             window_gain(drained(tat, now, tolerance)),
@@ -297,7 +292,7 @@ fn tune(ctx: &SockOpsContext, now: u64, limited: bool) {
             4,
         );
         let flows = FLOWS.get(0).copied().unwrap_or(0);
-        let mut pacing = pacing_rate(share(up.rate, flows));
+        let mut pacing = pacing_rate(share(up_rate, flows));
         bpf_setsockopt(
             ctx.ops.cast(),
             SOL_SOCKET,
@@ -395,14 +390,14 @@ fn peer_limited(ctx: &SkBuffContext, direction: u32) -> bool {
     let peer = match first >> 4 {
         4 => {
             let at = if direction == DOWN { 12 } else { 16 };
-            let Ok(v4) = ctx.load::<[u8; 4]>(at) else {
+            let Ok(v4) = ctx.load::<u32>(at) else {
                 return true;
             };
-            mapped(v4)
+            mapped_words(v4)
         }
         6 => {
             let at = if direction == DOWN { 8 } else { 24 };
-            let Ok(v6) = ctx.load::<[u8; 16]>(at) else {
+            let Ok(v6) = ctx.load::<[u32; 4]>(at) else {
                 return true;
             };
             v6
