@@ -201,7 +201,8 @@ impl Programs {
     }
 
     /// Puts `scope`'s lists in force. While the trie is rewritten the run
-    /// limits all its traffic, never more than the lists say.
+    /// limits all its traffic: for that moment excluded traffic is limited
+    /// too, and limited traffic is never let through.
     pub fn set_scope(&mut self, scope: &Scope) -> Result<()> {
         let entries = scope.entries().map_err(|e| anyhow!(e))?;
         self.write_scope(SCOPE_EVERYTHING)?;
