@@ -39,12 +39,7 @@ pub const MIN_DEFAULT_BURST: u64 = 16 * 1024;
 /// bucket that covers that gap lets the flow catch up afterwards; with 50 ms
 /// buckets a 1 MiB/s download reached 0.35 of its limit, with 250 ms 0.98.
 pub fn default_burst(rate: u64) -> u64 {
-    let span = rate / 4;
-    if span > MIN_DEFAULT_BURST {
-        span
-    } else {
-        MIN_DEFAULT_BURST
-    }
+    floored(rate / 4)
 }
 
 /// The smallest bucket that holds `rate`: 125 ms of traffic, and never
@@ -55,7 +50,11 @@ pub fn default_burst(rate: u64) -> u64 {
 /// 4 KiB 0.15–0.51, as drops make TCP senders wait out retransmission
 /// timeouts the bucket cannot cover.
 pub fn min_burst(rate: u64) -> u64 {
-    let span = rate / 8;
+    floored(rate / 8)
+}
+
+/// A bucket of `span` bytes, or [`MIN_DEFAULT_BURST`] if that is deeper.
+fn floored(span: u64) -> u64 {
     if span > MIN_DEFAULT_BURST {
         span
     } else {
