@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use clap_complete::Shell;
 use throttle_common::{
     networks::{CIDR_FORMS, Place},
-    units::{RATE_FORMS, Rate, SIZE_FORMS, UNLIMITED, UnitError, parse_rate, parse_size},
+    units::{Rate, RateRefusal, SIZE_FORMS, parse_rate, parse_size},
 };
 
 const ABOUT: &str = "Run a command with its network bandwidth limited, in the kernel";
@@ -183,29 +183,26 @@ pub enum Action {
 }
 
 fn rate(text: &str) -> Result<Rate, String> {
-    parse_rate(text)
-        .and_then(Rate::per_sec)
-        .map_err(|e| rate_error(text, e, ""))
+    parse_rate(text).and_then(Rate::per_sec).map_err(|error| {
+        RateRefusal {
+            text,
+            error,
+            unlimited: false,
+        }
+        .to_string()
+    })
 }
 
 /// A RATE, or "unlimited" to remove a limit.
 fn limit(text: &str) -> Result<Rate, String> {
-    Rate::parse(text).map_err(|e| rate_error(text, e, &format!(", or '{UNLIMITED}'")))
-}
-
-/// Why `text` is no RATE, and the forms that are; an ambiguous unit gets
-/// the two values it could have meant, spelled so each means one thing.
-fn rate_error(text: &str, error: UnitError, or: &str) -> String {
-    match error {
-        UnitError::Ambiguous { bits, bytes } => {
-            let number = text.trim_end_matches(|c: char| c.is_ascii_alphabetic() || c == '/');
-            format!(
-                "ambiguous unit: for bits/s (as ISPs and tc mean it) write '{number}{bits}', \
-                 for bytes/s (as curl and wget mean it) write '{number}{bytes}'"
-            )
+    Rate::parse(text).map_err(|error| {
+        RateRefusal {
+            text,
+            error,
+            unlimited: true,
         }
-        other => format!("{other}; expected {RATE_FORMS}{or}"),
-    }
+        .to_string()
+    })
 }
 
 /// A network of `--exclude` or `--only`.

@@ -10,7 +10,7 @@ use serde_json::Value;
 use throttle_common::{
     Counters, Direction, PerDirection,
     networks::{CIDR_FORMS, Place},
-    units::{MAX_SIZE, RATE_FORMS, Rate, SIZE_FORMS, UNLIMITED, UnitError, parse_size},
+    units::{MAX_SIZE, Rate, RateRefusal, SIZE_FORMS, UNLIMITED, UnitError, parse_size},
 };
 
 use crate::{exit, limits::Limits};
@@ -182,10 +182,13 @@ fn rate(value: &Value, direction: Direction) -> Result<Rate, Refusal> {
     let invalid = |e: UnitError| Refusal::refused(format!("{what}: {e}"));
     match value {
         Value::Number(n) => Rate::per_sec(positive(n, what)?).map_err(invalid),
-        Value::String(s) => Rate::parse(s).map_err(|e| {
-            Refusal::refused(format!(
-                "{what}: {e}; expected {RATE_FORMS}, or '{UNLIMITED}'"
-            ))
+        Value::String(text) => Rate::parse(text).map_err(|error| {
+            let refusal = RateRefusal {
+                text,
+                error,
+                unlimited: true,
+            };
+            Refusal::refused(format!("{what}: {refusal}"))
         }),
         other => Err(Refusal::refused(format!(
             "{what}: expected {RATE_EXPECTED}, got {other}"

@@ -137,6 +137,39 @@ fn bit_unit(unit: &str) -> Option<Scale> {
     lookup(BIT_UNITS, unit).map(|num| Scale { num, den: 8 })
 }
 
+/// Why `text` is no RATE, and the forms that are, with "or 'unlimited'"
+/// where that word is accepted too. An ambiguous unit gets the two values
+/// it could have meant, spelled so that each means one thing.
+pub struct RateRefusal<'a> {
+    pub text: &'a str,
+    pub error: UnitError,
+    pub unlimited: bool,
+}
+
+impl fmt::Display for RateRefusal<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.error {
+            UnitError::Ambiguous { bits, bytes } => {
+                let number = self
+                    .text
+                    .trim_end_matches(|c: char| c.is_ascii_alphabetic() || c == '/');
+                write!(
+                    f,
+                    "ambiguous unit: for bits/s (as ISPs and tc mean it) write '{number}{bits}', \
+                     for bytes/s (as curl and wget mean it) write '{number}{bytes}'"
+                )
+            }
+            other => {
+                write!(f, "{other}; expected {RATE_FORMS}")?;
+                if self.unlimited {
+                    write!(f, ", or '{UNLIMITED}'")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 /// `…bps` units, which people read both ways, and the units that say each reading.
 const AMBIGUOUS_UNITS: &[(&str, &str, &str)] = &[
     ("kbps", "kbit", "K"),
