@@ -322,7 +322,10 @@ fn admit(ctx: &SkBuffContext, direction: u32) -> bool {
         return true;
     };
     let len = u64::from(ctx.len());
-    if !peer_limited(ctx, direction) {
+    // The IP header's first byte (version, header length), read once for
+    // both questions asked of the packet.
+    let first = ctx.load::<u8>(0).ok();
+    if !peer_limited(ctx, direction, first) {
         if let Some(excluded) = EXCLUDED.get_ptr_mut(direction) {
             // SAFETY: points into this CPU's map value, which outlives the program.
             unsafe {
@@ -332,7 +335,7 @@ fn admit(ctx: &SkBuffContext, direction: u32) -> bool {
         }
         return true;
     }
-    let exempt = is_tcp_control(ctx);
+    let exempt = is_tcp_control(ctx, first);
     // SAFETY: `clock` and `counters` point into map values that live as long
     // as the program; the helper has no preconditions.
     unsafe {
@@ -379,12 +382,12 @@ fn admit(ctx: &SkBuffContext, direction: u32) -> bool {
 /// Whether the lists leave the packet's peer (its source on the way in,
 /// its destination on the way out) limited. Anything unreadable is limited.
 #[inline(always)]
-fn peer_limited(ctx: &SkBuffContext, direction: u32) -> bool {
+fn peer_limited(ctx: &SkBuffContext, direction: u32, first: Option<u8>) -> bool {
     let scope = SCOPE.get(0).copied().unwrap_or(SCOPE_EVERYTHING);
     if scope == SCOPE_EVERYTHING {
         return true;
     }
-    let Ok(first) = ctx.load::<u8>(0) else {
+    let Some(first) = first else {
         return true;
     };
     let peer = match first >> 4 {
@@ -410,8 +413,8 @@ fn peer_limited(ctx: &SkBuffContext, direction: u32) -> bool {
 /// Whether the packet is a TCP segment without payload (see
 /// `throttle_common::packet`). Anything unreadable is policed as data.
 #[inline(always)]
-fn is_tcp_control(ctx: &SkBuffContext) -> bool {
-    let Ok(first) = ctx.load::<u8>(0) else {
+fn is_tcp_control(ctx: &SkBuffContext, first: Option<u8>) -> bool {
+    let Some(first) = first else {
         return false;
     };
     let Some(layout) = layout(first) else {
