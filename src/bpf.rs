@@ -11,6 +11,7 @@ use std::{
     io,
     os::fd::{AsRawFd, BorrowedFd},
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
@@ -25,10 +26,11 @@ use aya::{
         cgroup_skb::CgroupSkbLinkId, sock_ops::SockOpsLinkId,
     },
 };
+use nix::time::{ClockId, clock_gettime};
 use throttle_common::{
-    Counters, Direction, Limit, MAP_COUNTERS, MAP_EXCLUDED, MAP_LIMITS, MAP_NETWORKS, MAP_SCOPE,
-    MAP_TUNING, PROG_DOWN, PROG_TUNING, PROG_UP, PerDirection, networks::SCOPE_EVERYTHING,
-    units::Rate,
+    Counters, Direction, Limit, MAP_CLOCK, MAP_COUNTERS, MAP_EXCLUDED, MAP_LIMITS, MAP_NETWORKS,
+    MAP_SCOPE, MAP_TUNING, PROG_DOWN, PROG_TUNING, PROG_UP, PerDirection,
+    networks::SCOPE_EVERYTHING, policer::primed_tat, units::Rate,
 };
 
 use crate::{
@@ -109,6 +111,7 @@ impl Programs {
             attachments: Vec::with_capacity(Hook::ALL.len()),
         };
         programs.set_limits(limits)?;
+        programs.prime_clocks(limits)?;
         // A fresh object's maps already say "no lists".
         if !limits.scope.is_empty() {
             programs.set_scope(&limits.scope)?;
@@ -261,6 +264,31 @@ impl Programs {
         Ok(())
     }
 
+    /// Starts each direction's bucket with its starting credit (see
+    /// [`Limits::starting_credit`]) instead of the full bucket a fresh
+    /// clock of 0 gives. Only before the programs are attached: the clock is
+    /// the kernel's to change once packets flow.
+    fn prime_clocks(&mut self, limits: &Limits) -> Result<()> {
+        // The programs' clock, bpf_ktime_get_ns, is CLOCK_MONOTONIC.
+        let now = clock_gettime(ClockId::CLOCK_MONOTONIC).context("reading the monotonic clock")?;
+        let now = u64::try_from(Duration::from(now).as_nanos()).unwrap_or(u64::MAX);
+        let mut map: Array<_, u64> = Array::try_from(
+            self.ebpf
+                .map_mut(MAP_CLOCK)
+                .context("the eBPF object has no CLOCK map")?,
+        )?;
+        for direction in Direction::ALL {
+            let tat = primed_tat(
+                now,
+                &limits.map_value(direction),
+                limits.starting_credit(direction),
+            );
+            map.set(direction.key(), tat, 0)
+                .with_context(|| format!("starting the {} bucket", direction.name()))?;
+        }
+        Ok(())
+    }
+
     /// Detaches every program and proves with the kernel's own attachment
     /// list that neither is left on the cgroup.
     pub fn detach(mut self, cgroup_dir: BorrowedFd<'_>) -> Result<()> {
@@ -396,6 +424,7 @@ mod tests {
         }
         for map in [
             MAP_LIMITS,
+            MAP_CLOCK,
             MAP_COUNTERS,
             MAP_TUNING,
             MAP_NETWORKS,

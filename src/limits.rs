@@ -7,7 +7,7 @@ use throttle_common::{
     networks::{
         EXCLUDE, MAX_NETWORKS, Network, ONLY, Place, SCOPE_EVERYTHING, SCOPE_EXCLUDES, SCOPE_ONLY,
     },
-    policer::{default_burst, min_burst},
+    policer::{default_burst, default_starting_credit, min_burst},
     units::Rate,
 };
 
@@ -126,6 +126,15 @@ impl Limits {
             rate,
             burst: self.burst.unwrap_or_else(|| default_burst(rate)),
         }
+    }
+
+    /// The credit `direction`'s bucket starts the run with: a burst set
+    /// explicitly starts full, as asked; a default one holds at most one
+    /// second of the rate, so a limit of a few KiB/s is not run many
+    /// seconds ahead by its 16 KiB floor.
+    pub fn starting_credit(&self, direction: Direction) -> u64 {
+        let rate = self.rates[direction].map_value();
+        self.burst.unwrap_or_else(|| default_starting_credit(rate))
     }
 }
 

@@ -18,8 +18,12 @@
 
 use crate::{
     Limit,
-    policer::{Step, default_burst, police, transmit_ns},
+    policer::{Step, default_burst, default_starting_credit, police, primed_tat, transmit_ns},
 };
+
+/// The clock of a connection the policer has not seen yet (no clock is 0
+/// once a packet has passed).
+pub const NEW_CONNECTION: u64 = 0;
 
 /// What the fair policer decided for one packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,7 +46,19 @@ pub fn police_fairly(tat: u64, own: u64, now: u64, len: u64, limit: &Limit, shar
             connection: own,
         };
     }
-    let own_tolerance = transmit_ns(default_burst(share), share);
+    let own_limit = Limit {
+        rate: share,
+        burst: default_burst(share),
+    };
+    // A new connection's bucket starts as a run's does: at a share below
+    // 16 KiB/s a full bucket would let it pass seconds of its share at once
+    // while the run goes into debt for it.
+    let own = if own == NEW_CONNECTION {
+        primed_tat(now, &own_limit, default_starting_credit(share))
+    } else {
+        own
+    };
+    let own_tolerance = transmit_ns(own_limit.burst, share);
     let within_share = own <= now.saturating_add(own_tolerance);
     let debt_limit = now.saturating_add(transmit_ns(limit.burst, limit.rate).saturating_mul(2));
     let run = match step {
@@ -111,6 +127,27 @@ mod tests {
         let deep = now + 2 * transmit_ns(lim.burst, lim.rate) + 1;
         let v = police_fairly(deep, 0, now, 1500, &lim, MIB / 2);
         assert_eq!(v.run, Step::Drop);
+    }
+
+    /// A new connection at a share of 1 KiB/s passes one second of it at
+    /// once, not its whole 16 KiB bucket on the run's debt.
+    #[test]
+    fn a_new_connection_at_a_small_share_starts_with_one_second() {
+        let lim = limit(KIB);
+        let now = 10 * NSEC_PER_SEC;
+        let mut tat = primed_tat(now, &lim, default_starting_credit(KIB));
+        let mut own = NEW_CONNECTION;
+        let mut passed = 0;
+        for _ in 0..100 {
+            let v = police_fairly(tat, own, now, 100, &lim, KIB);
+            tat = apply(tat, v.run);
+            own = v.connection;
+            passed += if v.run.passes() { 100 } else { 0 };
+        }
+        assert!((KIB..=KIB + 100).contains(&passed), "{passed}");
+        // At 1 MiB/s a new connection starts with its whole bucket, as before.
+        let fresh = police_fairly(now, NEW_CONNECTION, now, 1500, &limit(MIB), MIB);
+        assert_eq!(fresh.connection, now + transmit_ns(1500, MIB));
     }
 
     #[test]

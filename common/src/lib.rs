@@ -104,6 +104,7 @@ impl<T> core::ops::IndexMut<Direction> for PerDirection<T> {
 /// Names of the maps userspace opens in the eBPF object: the eBPF side's
 /// statics of the same names (a host test reads the built object to check).
 pub const MAP_LIMITS: &str = "LIMITS";
+pub const MAP_CLOCK: &str = "CLOCK";
 pub const MAP_COUNTERS: &str = "COUNTERS";
 pub const MAP_TUNING: &str = "TUNING";
 pub const MAP_NETWORKS: &str = "NETWORKS";

@@ -53,6 +53,33 @@ pub fn min_burst(rate: u64) -> u64 {
     floored(rate / 8)
 }
 
+/// The credit a run's default bucket starts with: one second of `rate`,
+/// or the whole bucket if that is less.
+///
+/// Only limits below [`MIN_DEFAULT_BURST`] per second start with less than
+/// a full bucket. A full 16 KiB bucket is 16 s of 1 KiB/s: a download at
+/// that limit averaged 1.5 of it over its first 30 s.
+pub fn default_starting_credit(rate: u64) -> u64 {
+    let burst = default_burst(rate);
+    if rate < burst { rate } else { burst }
+}
+
+/// The clock that leaves `credit` bytes (at most the burst) in the bucket
+/// at `now`: a full bucket is a clock at `now` (or earlier), an empty one a
+/// clock one burst tolerance ahead.
+pub fn primed_tat(now: u64, limit: &Limit, credit: u64) -> u64 {
+    if limit.rate == 0 {
+        return now;
+    }
+    let credit = if credit > limit.burst {
+        limit.burst
+    } else {
+        credit
+    };
+    let tolerance = transmit_ns(limit.burst, limit.rate);
+    now.saturating_add(tolerance - transmit_ns(credit, limit.rate))
+}
+
 /// A bucket of `span` bytes, or [`MIN_DEFAULT_BURST`] if that is deeper.
 fn floored(span: u64) -> u64 {
     if span > MIN_DEFAULT_BURST {
@@ -282,6 +309,57 @@ mod tests {
         }
         // One new bucket plus the packet that crossed it, not megabytes.
         assert!(passed <= (64 << 10) + 1500, "{passed} bytes passed");
+    }
+
+    #[test]
+    fn a_primed_clock_passes_exactly_the_starting_credit() {
+        let lim = limit(1024, default_burst(1024));
+        let credit = default_starting_credit(1024);
+        assert_eq!(credit, 1024);
+        let start = 5 * NSEC_PER_SEC;
+        let mut tat = primed_tat(start, &lim, credit);
+        // 64-byte packets at one instant: the credit, plus the packet that
+        // crosses the edge (as after any idle gap).
+        let mut passed = 0;
+        for _ in 0..1000 {
+            let step = police(tat, start, 64, &lim);
+            if step.passes() {
+                passed += 64;
+            }
+            tat = apply(tat, step);
+        }
+        assert_eq!(passed, 1024 + 64);
+        // 30 s of overload from a primed clock: 1/30 over the rate, not the
+        // 16 s a full bucket would add.
+        let mut tat = primed_tat(0, &lim, credit);
+        let mut passed = 0;
+        for ms in 0..30_000 {
+            let step = police(tat, ms * MS, 64, &lim);
+            if step.passes() {
+                passed += 64;
+            }
+            tat = apply(tat, step);
+        }
+        assert!((30 * 1024..=31 * 1024 + 64).contains(&passed), "{passed}");
+    }
+
+    #[test]
+    fn the_starting_credit_is_the_whole_bucket_from_sixteen_kib_per_second() {
+        for rate in [16 << 10, 64 << 10, 1 << 20, MAX_RATE] {
+            assert_eq!(default_starting_credit(rate), default_burst(rate), "{rate}");
+            let lim = limit(rate, default_burst(rate));
+            assert_eq!(
+                primed_tat(NSEC_PER_SEC, &lim, default_burst(rate)),
+                NSEC_PER_SEC
+            );
+        }
+        assert_eq!(default_starting_credit(8 << 10), 8 << 10);
+        // A credit beyond the bucket is one bucket; no credit is a clock one
+        // tolerance ahead; unlimited leaves the clock at now.
+        let lim = limit(1000, 5000);
+        assert_eq!(primed_tat(0, &lim, 1 << 40), 0);
+        assert_eq!(primed_tat(0, &lim, 0), 5 * NSEC_PER_SEC);
+        assert_eq!(primed_tat(7, &limit(0, 0), 0), 7);
     }
 
     #[test]

@@ -47,6 +47,35 @@ pub fn receive_window(rate: u64, srtt_scaled: u32, mss: u32, gain: u64) -> u32 {
     window.clamp(floor.min(MAX_WINDOW), MAX_WINDOW) as u32
 }
 
+/// The receive window a new download connection advertises in its
+/// handshake, in segments of `mss` bytes (`BPF_SOCK_OPS_RWND_INIT`; the
+/// kernel only ever lowers its own choice to it), for a share of `rate`:
+/// what the share's bucket starts with (see
+/// [`default_starting_credit`](crate::policer::default_starting_credit)),
+/// never less than two segments; 0, the kernel's own choice, when unlimited.
+///
+/// The window clamp only applies from the handshake's end, so without this
+/// the sender's first flight is its initial congestion window (ten
+/// segments, 14 KiB), which a bucket of a second of a few KiB/s drops
+/// nearly whole: at 1 KiB/s the download then stalled for 13 s of
+/// retransmission timeouts.
+#[inline(always)]
+pub fn initial_window(rate: u64, mss: u32) -> u32 {
+    if rate == 0 {
+        return 0;
+    }
+    // A request socket (the passive side) reads no MSS; assume Ethernet's.
+    let mss = if mss == 0 { 1460 } else { u64::from(mss) };
+    let segments = crate::policer::default_starting_credit(rate) / mss;
+    if segments < 2 {
+        2
+    } else if segments > u64::from(u16::MAX) {
+        u32::from(u16::MAX)
+    } else {
+        segments as u32
+    }
+}
+
 /// The largest [`window_gain`]: four round trips of the share.
 pub const MAX_GAIN: u64 = 4 * UNIT;
 
@@ -217,6 +246,20 @@ mod tests {
     #[test]
     fn window_holds_two_segments_of_a_large_mss() {
         assert_eq!(receive_window(MIB, 8 * 40, 65483, UNIT), 2 * 65483);
+    }
+
+    #[test]
+    fn the_initial_window_holds_the_starting_credit_in_segments() {
+        assert_eq!(initial_window(0, 1448), 0);
+        assert_eq!(initial_window(1024, 1448), 2);
+        assert_eq!(initial_window(8 << 10, 1448), 5);
+        assert_eq!(initial_window(8 << 10, 0), 5);
+        // From 64 KiB/s on it no longer binds ten segments.
+        assert!(initial_window(64 << 10, 1448) > 10);
+        assert_eq!(
+            initial_window(crate::policer::MAX_RATE, 1),
+            u32::from(u16::MAX)
+        );
     }
 
     #[test]

@@ -19,8 +19,9 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use aya_ebpf::{
     bindings::{
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_HDR_OPT_LEN_CB,
-        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_RETRANS_CB_FLAG, BPF_SOCK_OPS_STATE_CB,
-        BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG, BPF_TCP_ESTABLISHED,
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_RETRANS_CB_FLAG, BPF_SOCK_OPS_RWND_INIT,
+        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG,
+        BPF_TCP_ESTABLISHED,
     },
     helpers::{bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_setsockopt},
     macros::{cgroup_skb, map, sock_ops},
@@ -29,13 +30,13 @@ use aya_ebpf::{
 };
 use throttle_common::{
     Counters, DIRECTIONS, DOWN, Limit, UP,
-    fairness::police_fairly,
+    fairness::{NEW_CONNECTION, police_fairly},
     networks::{MAX_NETWORKS, SCOPE_EVERYTHING, limited, mapped_words},
     packet::{IPPROTO_TCP, ip_header_len, layout, tcp_without_payload},
     policer::{Step, police, transmit_ns},
     sockets::{
-        EPOCH_NS, Seen, Tally, active_flows, counts_in, drained, is_bulk, pacing_rate,
-        receive_window, share, tally_slot, window_gain,
+        EPOCH_NS, Seen, Tally, active_flows, counts_in, drained, initial_window, is_bulk,
+        pacing_rate, receive_window, share, tally_slot, window_gain,
     },
 };
 
@@ -144,6 +145,11 @@ pub fn throttle_tuning(ctx: SockOpsContext) -> u32 {
             count_if_bulk(&ctx, now);
         }
         tune(&ctx, now, limited);
+    } else if op == BPF_SOCK_OPS_RWND_INIT {
+        // SAFETY: the helper has no preconditions.
+        let now = unsafe { bpf_ktime_get_ns() };
+        let segments = initial_window(first_share(&ctx, now), unsafe { (*ctx.ops).mss_cache });
+        ctx.set_reply(segments);
     } else if op == BPF_SOCK_OPS_STATE_CB
         && ctx.arg(0) == BPF_TCP_ESTABLISHED
         && ctx.arg(1) != BPF_TCP_ESTABLISHED
@@ -303,6 +309,18 @@ fn tune(ctx: &SockOpsContext, now: u64, limited: bool) {
     }
 }
 
+/// The download share a connection opening now would get: it joins the
+/// connections receiving; 0 (no window to set) when tuning is off, the
+/// direction unlimited, or the lists leave the peer alone.
+#[inline(always)]
+fn first_share(ctx: &SockOpsContext, now: u64) -> u64 {
+    if TUNING.get(0).copied().unwrap_or(0) == 0 || !socket_limited(ctx) {
+        return 0;
+    }
+    let rate = LIMITS.get(DOWN).map_or(0, |down| down.rate);
+    share(rate, receiving(now) + 1)
+}
+
 /// How many download connections are receiving data now.
 #[inline(always)]
 fn receiving(now: u64) -> u64 {
@@ -346,7 +364,7 @@ fn admit(ctx: &SkBuffContext, direction: u32) -> bool {
         } else if direction == DOWN && limit.rate != 0 {
             // SAFETY: the helper only reads the socket the packet is for.
             let cookie = bpf_get_socket_cookie(ctx.skb.skb.cast());
-            let own = FAIR.get(&cookie).copied().unwrap_or(0);
+            let own = FAIR.get(&cookie).copied().unwrap_or(NEW_CONNECTION);
             let verdict =
                 police_fairly(tat, own, now, len, limit, share(limit.rate, receiving(now)));
             if verdict.connection != own {
