@@ -1,6 +1,6 @@
 //! Limits hold on real TCP transfers between the host and a namespace.
 
-use std::{io::Write as _, time::Duration};
+use std::{io::Write as _, process::Stdio, time::Duration};
 
 use crate::harness::{
     self, MIB, Netns, Samples, assert_clean, assert_ratio, measure_file_growth, measure_stdout,
@@ -419,4 +419,113 @@ fn a_download_at_one_kib_per_second_holds_over_thirty_seconds() {
         1.10,
     );
     assert_clean("t-1k");
+}
+
+/// Two downloads, each read as it arrives; prints `a|b SECONDS BYTES` per
+/// read (seconds since both requests went out, bytes so far), and ends when
+/// `a` does.
+const TWO_DOWNLOADS: &str = r#"
+import select, socket, sys, time
+host, port = sys.argv[1], int(sys.argv[2])
+conns = {}
+for name, path in (("a", sys.argv[3]), ("b", sys.argv[4])):
+    s = socket.create_connection((host, port))
+    s.sendall(("GET %s HTTP/1.1\r\nHost: lab\r\n\r\n" % path).encode())
+    conns[s] = [name, 0]
+start = time.monotonic()
+out = []
+while True:
+    ready, _, _ = select.select(list(conns), [], [], 30)
+    if not ready:
+        sys.exit("nothing arrived for 30 s")
+    for s in ready:
+        data = s.recv(1 << 16)
+        name = conns[s][0]
+        if not data:
+            if name == "a":
+                sys.stdout.write("".join(out))
+                sys.exit(0)
+            del conns[s]
+            continue
+        conns[s][1] += len(data)
+        out.append("%s %.4f %d\n" % (name, time.monotonic() - start, conns[s][1]))
+"#;
+
+/// Issue 12: a connection that goes idle hands its share of the download
+/// limit to the busy one within half a second. Two downloads share 1 MiB/s;
+/// one stops after 1.5 MiB but stays open, and from half a second after its
+/// last byte the other must carry the whole limit.
+#[test]
+fn an_idle_connection_hands_its_share_on_within_half_a_second() {
+    let Some(_serial) =
+        harness::start("an_idle_connection_hands_its_share_on_within_half_a_second")
+    else {
+        return;
+    };
+    let netns = Netns::new();
+    let server = netns.serve();
+    let address = server.url.trim_start_matches("http://");
+    let (host, port) = address.rsplit_once(':').unwrap();
+    let mut cmd = throttle();
+    cmd.args([
+        "--down",
+        "1M",
+        "--name",
+        "t-handover",
+        "--",
+        "python3",
+        "-c",
+    ])
+    .arg(TWO_DOWNLOADS)
+    .args([host, port])
+    .arg(format!("/{}", 6 * MIB))
+    .arg(format!("/{}?stall=20", 3 * MIB / 2));
+    eprintln!("CMD {cmd:?}");
+    let output = harness::wait_with_timeout(
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+        TIMEOUT,
+    );
+    assert!(output.status.success(), "{}", harness::stderr(&output));
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let mut words = line.split(' ');
+        let (name, t, bytes) = (words.next(), words.next(), words.next());
+        let point = (
+            t.unwrap().parse::<f64>().unwrap(),
+            bytes.unwrap().parse::<u64>().unwrap(),
+        );
+        if name == Some("a") {
+            a.push(point)
+        } else {
+            b.push(point)
+        }
+    }
+    // B's last byte before its stall: the last read before a gap of 1 s.
+    let idle_from = b
+        .windows(2)
+        .find(|w| w[1].0 - w[0].0 > 1.0)
+        .map_or(b.last().unwrap().0, |w| w[0].0);
+    let at = |t: f64| {
+        a.iter()
+            .take_while(|p| p.0 <= t)
+            .last()
+            .copied()
+            .unwrap_or((0.0, 0))
+    };
+    let (from, to) = (at(idle_from + 0.5), at(idle_from + 2.5));
+    assert!(
+        to.0 - from.0 > 1.5,
+        "the busy download ended too soon: {a:?}"
+    );
+    assert_ratio(
+        "the busy download, from 0.5 s after the other went idle",
+        (to.1 - from.1) as f64 / (to.0 - from.0),
+        MIB,
+        0.90,
+        1.05,
+    );
+    assert_clean("t-handover");
 }

@@ -4,16 +4,14 @@
 //!
 //! It only ever uses addresses of the namespace and veth pair it creates.
 
+use nix::fcntl::{Flock, FlockArg};
 use std::{
     fs,
     io::{BufRead as _, BufReader, Read, Write as _},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicU32, Ordering},
-    },
+    sync::{Arc, Mutex},
     thread,
     time::{Duration, Instant},
 };
@@ -42,13 +40,38 @@ pub struct Netns {
     pub peer6: Ipv6Addr,
     /// The namespace's end of the veth pair (where the benchmark puts netem).
     pub link: String,
+    /// Holds N for this namespace against other processes (see [`claim_subnet`]).
+    _subnet: Flock<fs::File>,
+}
+
+/// Where the labs of all processes claim their subnets.
+const SUBNETS: &str = "/run/throttle-netlab";
+
+/// Claims a subnet number N (1..=250) no other process's lab holds, with a
+/// flock on `SUBNETS/N` that the kernel releases when the process ends: a
+/// benchmark and the tests running at once would otherwise both route
+/// 10.213.1.0/30, each to its own namespace, and one's connections would be
+/// refused by the other's.
+fn claim_subnet() -> (u32, Flock<fs::File>) {
+    fs::create_dir_all(SUBNETS).expect("creating the labs' subnet directory");
+    for n in 1..=250 {
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(Path::new(SUBNETS).join(n.to_string()))
+            .expect("opening a subnet claim");
+        if let Ok(lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            return (n, lock);
+        }
+    }
+    panic!("all 250 lab subnets are claimed (see {SUBNETS})");
 }
 
 impl Netns {
     pub fn new() -> Netns {
         sweep_stale();
-        static NEXT: AtomicU32 = AtomicU32::new(1);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let (n, subnet) = claim_subnet();
         let pid = std::process::id();
         let name = format!("thr-lab-{pid}-{n}");
         let (host_if, ns_if) = (format!("t{pid}h{n}"), format!("t{pid}n{n}"));
@@ -63,6 +86,7 @@ impl Netns {
             peer,
             peer6,
             link: ns_if.clone(),
+            _subnet: subnet,
         };
         run_ip(&[
             "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if,
@@ -197,8 +221,10 @@ impl Server {
 
 /// `GET /BYTES` answers with BYTES zero bytes, or the part a single
 /// `Range: bytes=FIRST-[LAST]` asks for (download managers split a file
-/// into ranges, one per connection); `PUT` reads the body and records when
-/// its bytes arrived. Anything else is a 400.
+/// into ranges, one per connection); `GET /BYTES?stall=SECS` holds the
+/// last byte back for SECS seconds, a connection that stays open but idle;
+/// `PUT` reads the body and records when its bytes arrived. Anything else
+/// is a 400.
 fn serve_one(mut stream: TcpStream, uploads: &Mutex<Vec<Samples>>) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut request = String::new();
@@ -223,7 +249,12 @@ fn serve_one(mut stream: TcpStream, uploads: &Mutex<Vec<Samples>>) {
     let mut words = request.split_whitespace();
     match (words.next(), words.next()) {
         (Some("GET"), Some(path)) => {
-            let Ok(bytes) = path.trim_start_matches('/').parse::<u64>() else {
+            let (path, stall) = match path.split_once("?stall=") {
+                Some((path, secs)) => (path, secs.parse::<f64>().ok()),
+                None => (path, Some(0.0)),
+            };
+            let (Ok(bytes), Some(stall)) = (path.trim_start_matches('/').parse::<u64>(), stall)
+            else {
                 let _ = stream.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
                 return;
             };
@@ -256,12 +287,18 @@ fn serve_one(mut stream: TcpStream, uploads: &Mutex<Vec<Samples>>) {
                 Some((first, last)) => last - first + 1,
                 None => bytes,
             };
+            let held = u64::from(stall > 0.0 && left > 0);
+            left -= held;
             while left > 0 {
                 let n = left.min(chunk.len() as u64) as usize;
                 if stream.write_all(&chunk[..n]).is_err() {
                     return;
                 }
                 left -= n as u64;
+            }
+            if held > 0 {
+                thread::sleep(Duration::from_secs_f64(stall));
+                let _ = stream.write_all(&chunk[..1]);
             }
         }
         (Some("PUT"), Some(_)) => {
