@@ -592,11 +592,14 @@ impl Bench<'_> {
         );
         let warmup = Duration::from_secs(self.plan.warmup.into());
         let end = samples.duration();
-        // A timed download that ended early (the client gave up, or the
-        // limiter broke it) measured nothing: its few bytes over a moment
-        // are no rate.
+        // A timed download that ended early without its whole file (the
+        // client gave up, or the limiter broke it) measured nothing: its
+        // few bytes over a moment are no rate. Without a limiter the whole
+        // file may well take less than the warm-up.
+        let complete = samples.total() >= size;
+        let brief = end <= warmup + Duration::from_secs(1);
         ensure!(
-            whole || end > warmup + Duration::from_secs(1),
+            whole || complete || !brief,
             "the download ended {:.1} s after its first byte, before the run's {run_for} s: {}",
             end.as_secs_f64(),
             String::from_utf8_lossy(&output.stderr).trim()
@@ -607,7 +610,7 @@ impl Bench<'_> {
             .map(|t| samples.rate_between(t, t + Duration::from_secs(1)))
             .collect();
         // A whole file's rate is the user's: its size over the time it took.
-        let achieved = if whole {
+        let achieved = if whole || (complete && brief) {
             samples.overall_rate()
         } else {
             samples.rate_between(warmup, end)
