@@ -91,6 +91,7 @@ mod tests {
     use crate::policer::{NSEC_PER_SEC, apply};
 
     const KIB: u64 = 1024;
+    const MS: u64 = NSEC_PER_SEC / 1000;
     const MIB: u64 = 1024 * KIB;
 
     fn limit(rate: u64) -> Limit {
@@ -171,6 +172,40 @@ mod tests {
         assert_eq!(v.connection, u64::MAX);
         let v = police_fairly(0, u64::MAX, 0, 1500, &limit(1), 1);
         assert_eq!(v.run.passes(), police(0, 0, 1500, &limit(1)).passes());
+    }
+
+    /// Eight connections share 64 KiB/s, each offering from twice to nine
+    /// times its share: each gets its share (Jain's index of the bytes
+    /// passed at least 0.95), whoever offers more.
+    #[test]
+    fn eight_greedy_connections_at_a_low_limit_get_equal_shares() {
+        let lim = limit(64 * KIB);
+        let share = lim.rate / 8;
+        let mut tat = primed_tat(NSEC_PER_SEC, &lim, default_starting_credit(lim.rate));
+        let mut own = [NEW_CONNECTION; 8];
+        let mut passed = [0u64; 8];
+        let mut due = [0u64; 8];
+        let step_ns = MS;
+        let mut now = NSEC_PER_SEC;
+        while now < 21 * NSEC_PER_SEC {
+            for c in 0..8 {
+                due[c] += (c as u64 + 2) * share * step_ns / NSEC_PER_SEC;
+                while due[c] >= 1448 {
+                    due[c] -= 1448;
+                    let v = police_fairly(tat, own[c], now, 1448, &lim, share);
+                    tat = apply(tat, v.run);
+                    own[c] = v.connection;
+                    passed[c] += if v.run.passes() { 1448 } else { 0 };
+                }
+            }
+            now += step_ns;
+        }
+        let sum: f64 = passed.iter().map(|&p| p as f64).sum();
+        let squares: f64 = passed.iter().map(|&p| (p as f64).powi(2)).sum();
+        let jain = sum * sum / (8.0 * squares);
+        assert!(jain >= 0.95, "Jain {jain:.3}: {passed:?}");
+        let total = sum / (20 * lim.rate) as f64;
+        assert!((0.95..=1.05).contains(&total), "{total}");
     }
 
     /// A hog offering 4 MiB/s and a modest connection offering 300 KiB/s

@@ -254,7 +254,7 @@ pub fn cases(path: &Path, rows: &[Row], contenders: &[Contender]) -> Result<()> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::{Case, Dir, Link, Traffic};
+    use crate::report::{Bars, Case, Dir, Link, Traffic};
 
     const MIB: f64 = 1048576.0;
 
@@ -289,6 +289,7 @@ mod tests {
             cv: None,
             cpu: 0.0,
             fairness: None,
+            bars: Bars::Veth,
         };
         let rows = [
             row(1 << 20, Contender::Throttle, 0.99, 0.01, 0),
