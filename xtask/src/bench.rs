@@ -34,6 +34,10 @@ pub struct Options {
     pub rtt: bool,
     /// Runs per row of the round-trip section.
     pub reps: usize,
+    /// Only the cases whose label contains this.
+    pub filter: Option<String>,
+    /// Only throttle's rows.
+    pub throttle_only: bool,
     pub throttle: PathBuf,
     pub out: PathBuf,
 }
@@ -113,11 +117,24 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
     );
     check_tools(&["iperf3", "trickle", "curl", "aria2c"])?;
     let throttle = options.throttle.clone();
-    let plan = if options.quick {
+    let mut plan = if options.quick {
         quick_plan()
     } else {
         full_plan()
     };
+    // A partial run, while working on the limiter: its rows alone.
+    let partial = options.filter.is_some() || options.throttle_only;
+    if let Some(filter) = &options.filter {
+        plan.cases.retain(|c| c.label().contains(filter.as_str()));
+        ensure!(
+            !plan.cases.is_empty(),
+            "no case's label contains {filter:?}"
+        );
+    }
+    if partial {
+        plan.plot = false;
+        plan.overhead_runs = 0;
+    }
     fs::create_dir_all(&options.out)
         .with_context(|| format!("creating {}", options.out.display()))?;
     let lab = Lab::new()?;
@@ -133,6 +150,9 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
     let mut unlimited: Vec<(Case, Vec<Result<Measurement, String>>)> = Vec::new();
     for case in &plan.cases {
         for contender in Contender::ALL {
+            if options.throttle_only && contender != Contender::Throttle {
+                continue;
+            }
             let shared = contender == Contender::Bare && case.traffic != Traffic::Udp;
             let cached = unlimited
                 .iter()
@@ -159,7 +179,11 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
             rows.push(row);
         }
     }
-    let overhead = bench.overhead()?;
+    let overhead = if partial {
+        None
+    } else {
+        Some(bench.overhead()?)
+    };
     let mut plot_file = None;
     if plan.plot {
         let contenders = [Contender::Throttle, Contender::Trickle];
@@ -191,7 +215,7 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
     }
     let text = report::markdown(
         &rows,
-        &overhead,
+        overhead.as_ref(),
         plot_file.as_deref(),
         plan.secs,
         plan.warmup,
@@ -201,7 +225,7 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
     fs::write(&path, &text).with_context(|| format!("writing {}", path.display()))?;
     // The full benchmark ends with the round trips users see, measured in
     // the kernel lab; its report becomes a section of this one.
-    let text = if options.quick || !options.rtt {
+    let text = if options.quick || !options.rtt || partial {
         text
     } else {
         let rtt = crate::rtt::run(

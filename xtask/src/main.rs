@@ -74,10 +74,10 @@ enum Task {
         /// Runs per row of the round-trip section
         #[arg(long, default_value_t = 1, value_name = "N")]
         reps: usize,
-        /// With --rtt: only the rows whose case contains TEXT, e.g. "aria2c" or "down 1 MiB/s"
+        /// Only the rows whose case contains TEXT, e.g. "aria2c" or "down 1 MiB/s" (no overhead table, no plot; with neither --rtt nor --no-rtt, the veth and loopback part)
         #[arg(long, value_name = "TEXT")]
         filter: Option<String>,
-        /// With --rtt: leave trickle and no limiter out, for quicker runs while working on the limiter
+        /// Leave trickle and no limiter out, for quicker runs while working on the limiter (no overhead table, no plot)
         #[arg(long)]
         throttle_only: bool,
         /// The round-trip section's own side, inside the guest
@@ -144,11 +144,6 @@ fn main() -> Result<()> {
             no_rtt,
         } => {
             let out = out.unwrap_or_else(|| root.join("target/bench"));
-            if (filter.is_some() || throttle_only) && !rtt && !rtt_guest {
-                bail!(
-                    "--filter and --throttle-only apply to the round-trip benchmark only: add --rtt"
-                );
-            }
             let throttle = match throttle {
                 Some(path) => path,
                 None if rtt_guest => bail!("--rtt-guest needs --throttle"),
@@ -176,6 +171,8 @@ fn main() -> Result<()> {
                     quick,
                     rtt: !no_rtt,
                     reps,
+                    filter,
+                    throttle_only,
                     throttle,
                     out,
                 },

@@ -458,7 +458,7 @@ pub fn table(rows: &[Row]) -> String {
 
 pub fn markdown(
     rows: &[Row],
-    overhead: &Overhead,
+    overhead: Option<&Overhead>,
     plot: Option<&Path>,
     secs: u32,
     warmup: u32,
@@ -479,49 +479,51 @@ pub fn markdown(
     );
     out.push_str(LEGEND);
     out.push_str(&table(rows));
-    let _ = writeln!(out, "\n## Overhead\n");
-    let _ = writeln!(
-        out,
-        "| measurement | bare | throttle | ratio | bar |\n|---|---:|---:|---:|---|"
-    );
-    for t in &overhead.throughput {
-        let dir = if t.dir == Dir::Down { "down" } else { "up" };
-        for (what, measured) in [
-            ("programs attached without a limit", t.attached),
-            (
-                "programs attached without a limit, with --exclude lists it never matches",
-                t.listed,
-            ),
-        ] {
-            let ratio = measured / t.bare;
-            let _ = writeln!(
-                out,
-                "| veth TCP {dir} throughput, {what} | {} | {} | {:.3} | {} |",
-                rate(t.bare),
-                rate(measured),
-                ratio,
-                if ratio >= 0.98 {
-                    "pass"
-                } else {
-                    "**misses ≥ 0.98**"
-                }
-            );
+    if let Some(overhead) = overhead {
+        let _ = writeln!(out, "\n## Overhead\n");
+        let _ = writeln!(
+            out,
+            "| measurement | bare | throttle | ratio | bar |\n|---|---:|---:|---:|---|"
+        );
+        for t in &overhead.throughput {
+            let dir = if t.dir == Dir::Down { "down" } else { "up" };
+            for (what, measured) in [
+                ("programs attached without a limit", t.attached),
+                (
+                    "programs attached without a limit, with --exclude lists it never matches",
+                    t.listed,
+                ),
+            ] {
+                let ratio = measured / t.bare;
+                let _ = writeln!(
+                    out,
+                    "| veth TCP {dir} throughput, {what} | {} | {} | {:.3} | {} |",
+                    rate(t.bare),
+                    rate(measured),
+                    ratio,
+                    if ratio >= 0.98 {
+                        "pass"
+                    } else {
+                        "**misses ≥ 0.98**"
+                    }
+                );
+            }
         }
+        let added_ms = (overhead.true_throttled - overhead.true_bare) * 1e3;
+        let _ = writeln!(
+            out,
+            "| wall time of `true`, median of {} | {:.1} ms | {:.1} ms | +{:.1} ms | {} |",
+            overhead.true_runs,
+            overhead.true_bare * 1e3,
+            overhead.true_throttled * 1e3,
+            added_ms,
+            if added_ms <= 10.0 {
+                "pass"
+            } else {
+                "**misses ≤ +10 ms**"
+            }
+        );
     }
-    let added_ms = (overhead.true_throttled - overhead.true_bare) * 1e3;
-    let _ = writeln!(
-        out,
-        "| wall time of `true`, median of {} | {:.1} ms | {:.1} ms | +{:.1} ms | {} |",
-        overhead.true_runs,
-        overhead.true_bare * 1e3,
-        overhead.true_throttled * 1e3,
-        added_ms,
-        if added_ms <= 10.0 {
-            "pass"
-        } else {
-            "**misses ≤ +10 ms**"
-        }
-    );
     if let Some(plot) = plot {
         let _ = writeln!(
             out,
