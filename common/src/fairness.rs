@@ -18,7 +18,7 @@
 
 use crate::{
     Limit,
-    policer::{Step, default_burst, default_starting_credit, police, primed_tat, transmit_ns},
+    policer::{NSEC_PER_SEC, Step, default_burst, police, transmit_ns},
 };
 
 /// The clock of a connection the policer has not seen yet (no clock is 0
@@ -46,19 +46,24 @@ pub fn police_fairly(tat: u64, own: u64, now: u64, len: u64, limit: &Limit, shar
             connection: own,
         };
     }
-    let own_limit = Limit {
-        rate: share,
-        burst: default_burst(share),
-    };
-    // A new connection's bucket starts as a run's does: at a share below
-    // 16 KiB/s a full bucket would let it pass seconds of its share at once
-    // while the run goes into debt for it.
+    let own_tolerance = transmit_ns(default_burst(share), share);
+    // A new connection's bucket starts as a run's default one does, with at
+    // most one second of its share (`default_starting_credit`, in time): at
+    // a share below 16 KiB/s a full bucket would let it pass seconds of its
+    // share at once while the run goes into debt for it. Worked out in time
+    // rather than through `primed_tat`: each further division here made the
+    // verifier's check of the download program, most of a run's start-up,
+    // take milliseconds longer.
     let own = if own == NEW_CONNECTION {
-        primed_tat(now, &own_limit, default_starting_credit(share))
+        let credit = if own_tolerance < NSEC_PER_SEC {
+            own_tolerance
+        } else {
+            NSEC_PER_SEC
+        };
+        now.saturating_add(own_tolerance - credit)
     } else {
         own
     };
-    let own_tolerance = transmit_ns(own_limit.burst, share);
     let within_share = own <= now.saturating_add(own_tolerance);
     let debt_limit = now.saturating_add(transmit_ns(limit.burst, limit.rate).saturating_mul(2));
     let run = match step {
@@ -88,7 +93,7 @@ pub fn police_fairly(tat: u64, own: u64, now: u64, len: u64, limit: &Limit, shar
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policer::{NSEC_PER_SEC, apply};
+    use crate::policer::{apply, default_starting_credit, primed_tat};
 
     const KIB: u64 = 1024;
     const MS: u64 = NSEC_PER_SEC / 1000;

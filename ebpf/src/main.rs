@@ -126,14 +126,21 @@ pub fn throttle_tuning(ctx: SockOpsContext) -> u32 {
     let op = ctx.op();
     let established =
         op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB || op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB;
-    // One path for both events, so the verifier (whose time is most of a
-    // run's start-up) checks the lookup and the tuning once, not twice.
-    if established || op == BPF_SOCK_OPS_HDR_OPT_LEN_CB {
+    let opening = op == BPF_SOCK_OPS_RWND_INIT;
+    // One path for all three events, so the verifier (whose time is most of
+    // a run's start-up) checks the lookup once, not three times.
+    if established || op == BPF_SOCK_OPS_HDR_OPT_LEN_CB || opening {
         // SAFETY: the helper has no preconditions.
         let now = unsafe { bpf_ktime_get_ns() };
         // Checked per segment, so a `throttle set` of the lists reaches
         // established connections too.
         let limited = socket_limited(&ctx);
+        if opening {
+            // SAFETY: ctx.ops is the kernel's bpf_sock_ops for this call.
+            let mss = unsafe { (*ctx.ops).mss_cache };
+            ctx.set_reply(initial_window(first_share(now, limited), mss));
+            return 1;
+        }
         if established {
             // Asks for a callback per outgoing segment (the header-option
             // length query; no option is ever written) and one per state
@@ -145,11 +152,6 @@ pub fn throttle_tuning(ctx: SockOpsContext) -> u32 {
             count_if_bulk(&ctx, now);
         }
         tune(&ctx, now, limited);
-    } else if op == BPF_SOCK_OPS_RWND_INIT {
-        // SAFETY: the helper has no preconditions.
-        let now = unsafe { bpf_ktime_get_ns() };
-        let segments = initial_window(first_share(&ctx, now), unsafe { (*ctx.ops).mss_cache });
-        ctx.set_reply(segments);
     } else if op == BPF_SOCK_OPS_STATE_CB
         && ctx.arg(0) == BPF_TCP_ESTABLISHED
         && ctx.arg(1) != BPF_TCP_ESTABLISHED
@@ -313,11 +315,11 @@ fn tune(ctx: &SockOpsContext, now: u64, limited: bool) {
 /// connections receiving; 0 (no window to set) when tuning is off, the
 /// direction unlimited, or the lists leave the peer alone.
 #[inline(always)]
-fn first_share(ctx: &SockOpsContext, now: u64) -> u64 {
-    if TUNING.get(0).copied().unwrap_or(0) == 0 || !socket_limited(ctx) {
+fn first_share(now: u64, limited: bool) -> u64 {
+    if TUNING.get(0).copied().unwrap_or(0) == 0 {
         return 0;
     }
-    let rate = LIMITS.get(DOWN).map_or(0, |down| down.rate);
+    let rate = LIMITS.get(DOWN).map_or(0, |down| down.rate) * u64::from(limited);
     share(rate, receiving(now) + 1)
 }
 
