@@ -38,6 +38,8 @@ pub struct Options {
     pub filter: Option<String>,
     /// Only throttle's rows.
     pub throttle_only: bool,
+    /// Only the picture of a 1 MiB/s download.
+    pub picture: bool,
     pub throttle: PathBuf,
     pub out: PathBuf,
 }
@@ -144,6 +146,11 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
         plan: &plan,
     };
 
+    if options.picture {
+        let path = picture(&bench, &options.out)?;
+        eprintln!("wrote {}", path.display());
+        return Ok(());
+    }
     let mut rows = Vec::new();
     // Without a limiter a TCP or curl run does not depend on the limit, so
     // it is measured once per kind of case and shown in each limit's rows.
@@ -186,32 +193,10 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
     };
     let mut plot_file = None;
     if plan.plot {
+        plot_file = Some(picture(&bench, &options.out)?);
         let contenders = [Contender::Throttle, Contender::Trickle];
-        let mut panels = Vec::new();
-        for (title, traffic) in [
-            ("curl, one connection", Traffic::Curl),
-            (
-                "aria2c, 8 connections",
-                Traffic::Aria2 {
-                    connections: 8,
-                    whole_file: true,
-                },
-            ),
-        ] {
-            let traces = contenders
-                .into_iter()
-                .map(|c| Ok((c, bench.trace(c, MIB, traffic)?)))
-                .collect::<Result<Vec<_>>>()?;
-            panels.push(plot::Traces {
-                title: format!("{title}: 1 MiB/s download over veth, every 100 ms"),
-                traces,
-            });
-        }
-        let path = options.out.join("rate-1MiB-download.png");
-        plot::rates(&path, MIB, 1.5 * TRACE_SECS as f64, &panels)?;
         let cases = options.out.join("cases.png");
         plot::cases(&cases, &rows, &contenders)?;
-        plot_file = Some(path);
     }
     let text = report::markdown(
         &rows,
@@ -777,13 +762,36 @@ impl Bench<'_> {
             "the download failed: {}",
             String::from_utf8_lossy(&output.stderr)
         );
-        let step = Duration::from_millis(100);
-        Ok((1..)
-            .map(|i| step * i)
-            .take_while(|t| *t <= samples.duration())
-            .map(|t| (t.as_secs_f64(), samples.rate_between(t - step, t)))
-            .collect())
+        Ok(samples.per_step(Duration::from_millis(100)))
     }
+}
+
+/// Draws the README's picture of a 1 MiB/s download, every 100 ms, under
+/// throttle and trickle: curl's one connection beside aria2c's eight.
+fn picture(bench: &Bench, out: &Path) -> Result<PathBuf> {
+    let mut panels = Vec::new();
+    for (title, traffic) in [
+        ("curl, one connection", Traffic::Curl),
+        (
+            "aria2c, 8 connections",
+            Traffic::Aria2 {
+                connections: 8,
+                whole_file: true,
+            },
+        ),
+    ] {
+        let traces = [Contender::Throttle, Contender::Trickle]
+            .into_iter()
+            .map(|c| Ok((c, bench.trace(c, MIB, traffic)?)))
+            .collect::<Result<Vec<_>>>()?;
+        panels.push(plot::Traces {
+            title: format!("{title}: 1 MiB/s download over veth, every 100 ms"),
+            traces,
+        });
+    }
+    let path = out.join("rate-1MiB-download.png");
+    plot::rates(&path, MIB, 1.5 * TRACE_SECS as f64, &panels)?;
+    Ok(path)
 }
 
 /// How long the plotted downloads take at their limit.

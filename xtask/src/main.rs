@@ -80,6 +80,9 @@ enum Task {
         /// Leave trickle and no limiter out, for quicker runs while working on the limiter (no overhead table, no plot)
         #[arg(long)]
         throttle_only: bool,
+        /// Only the picture of a 1 MiB/s download (curl and aria2c, throttle and trickle), about two minutes
+        #[arg(long, conflicts_with_all = ["rtt", "quick", "filter", "throttle_only"])]
+        picture: bool,
         /// The round-trip section's own side, inside the guest
         #[arg(long, hide = true)]
         rtt_guest: bool,
@@ -142,6 +145,7 @@ fn main() -> Result<()> {
             throttle_only,
             rtt_guest,
             no_rtt,
+            picture,
         } => {
             let out = out.unwrap_or_else(|| root.join("target/bench"));
             let throttle = match throttle {
@@ -173,6 +177,7 @@ fn main() -> Result<()> {
                     reps,
                     filter,
                     throttle_only,
+                    picture,
                     throttle,
                     out,
                 },

@@ -370,6 +370,31 @@ impl Samples {
         b.1.saturating_sub(a.1) as f64 / b.0.saturating_sub(a.0).as_secs_f64().max(1e-6)
     }
 
+    /// Bytes that had arrived `t` after the first byte.
+    pub fn bytes_by(&self, t: Duration) -> u64 {
+        self.0
+            .iter()
+            .take_while(|s| s.0 <= t)
+            .last()
+            .map_or(0, |s| s.1)
+    }
+
+    /// Bytes per second in each `step` from the first byte to the last,
+    /// at each step's end: what arrived in it over its length. (Dividing by
+    /// the time between the samples found instead shows a window without a
+    /// sample as 0 and one whose two samples are microseconds apart, as when
+    /// aria2c allocates its file, as terabytes per second.)
+    pub fn per_step(&self, step: Duration) -> Vec<(f64, f64)> {
+        (1..)
+            .map(|i| step * i)
+            .take_while(|t| *t <= self.duration())
+            .map(|t| {
+                let bytes = self.bytes_by(t) - self.bytes_by(t - step);
+                (t.as_secs_f64(), bytes as f64 / step.as_secs_f64())
+            })
+            .collect()
+    }
+
     /// From the first byte to the last.
     pub fn duration(&self) -> Duration {
         self.0.last().map_or(Duration::ZERO, |s| s.0)
@@ -515,7 +540,27 @@ pub fn wait_with_timeout(mut child: Child, timeout: Duration) -> Output {
 
 #[cfg(test)]
 mod tests {
-    use super::byte_range;
+    use std::time::Duration;
+
+    use super::{Samples, byte_range};
+
+    #[test]
+    fn per_step_rates_divide_by_the_step() {
+        let ms = Duration::from_millis;
+        // A jump of 1 MB within 10 µs (a file allocated at once), then
+        // 100 KB every 200 ms: sampled 100 ms steps.
+        let samples = Samples(
+            vec![
+                (ms(0), 1000),
+                (Duration::from_micros(10), 1_001_000),
+                (ms(150), 1_101_000),
+                (ms(350), 1_201_000),
+            ],
+            None,
+        );
+        let rates: Vec<f64> = samples.per_step(ms(100)).iter().map(|r| r.1).collect();
+        assert_eq!(rates, [10_000_000.0, 1_000_000.0, 0.0]);
+    }
 
     #[test]
     fn serves_single_byte_ranges() {
