@@ -11,7 +11,10 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU32, Ordering},
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -52,9 +55,14 @@ const SUBNETS: &str = "/run/throttle-netlab";
 /// benchmark and the tests running at once would otherwise both route
 /// 10.213.1.0/30, each to its own namespace, and one's connections would be
 /// refused by the other's.
-fn claim_subnet() -> (u32, Flock<fs::File>) {
+///
+/// The search starts past the subnet this process claimed last: a
+/// namespace's veth pair outlives `ip netns del` for a moment, and a
+/// subnet claimed again at once would still be routed to it.
+fn claim_subnet(serial: u32) -> (u32, Flock<fs::File>) {
     fs::create_dir_all(SUBNETS).expect("creating the labs' subnet directory");
-    for n in 1..=250 {
+    let start = std::process::id().wrapping_add(serial);
+    for n in (0..250).map(|i| start.wrapping_add(i) % 250 + 1) {
         let file = fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -71,10 +79,14 @@ fn claim_subnet() -> (u32, Flock<fs::File>) {
 impl Netns {
     pub fn new() -> Netns {
         sweep_stale();
-        let (n, subnet) = claim_subnet();
+        // Names are the process's own serial, never reused: interfaces of a
+        // deleted namespace may linger for a moment.
+        static SERIAL: AtomicU32 = AtomicU32::new(1);
+        let serial = SERIAL.fetch_add(1, Ordering::Relaxed);
+        let (n, subnet) = claim_subnet(serial);
         let pid = std::process::id();
-        let name = format!("thr-lab-{pid}-{n}");
-        let (host_if, ns_if) = (format!("t{pid}h{n}"), format!("t{pid}n{n}"));
+        let name = format!("thr-lab-{pid}-{serial}");
+        let (host_if, ns_if) = (format!("t{pid}h{serial}"), format!("t{pid}n{serial}"));
         let (host, peer) = (format!("10.213.{n}.1"), Ipv4Addr::new(10, 213, n as u8, 2));
         let (host6, peer6) = (
             Ipv6Addr::new(0xfd13, 0x213, n as u16, 0, 0, 0, 0, 1),
@@ -187,6 +199,19 @@ fn sweep_stale() {
             continue;
         };
         if !PathBuf::from("/proc").join(pid).exists() {
+            // Servers the lab started inside (iperf3 -s) outlive a killed
+            // lab and keep the namespace, and its veth's subnet, alive after
+            // its name is deleted.
+            if let Ok(out) = Command::new("ip").args(["netns", "pids", &name]).output() {
+                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                    if let Ok(pid) = pid.parse() {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                    }
+                }
+            }
             let _ = Command::new("ip").args(["netns", "del", &name]).status();
         }
     }
