@@ -36,7 +36,7 @@ use throttle_common::{
     policer::{Step, police, transmit_ns},
     sockets::{
         EPOCH_NS, Seen, Tally, active_flows, counts_in, drained, initial_window, is_bulk,
-        pacing_rate, receive_window, share, tally_slot, window_gain,
+        pacing_rate, receive_window, share, tally_slot, window_gain, window_rtt,
     },
 };
 
@@ -286,9 +286,10 @@ fn tune(ctx: &SockOpsContext, now: u64, limited: bool) {
         } else {
             transmit_ns(down.burst, down_rate)
         };
+        let flows = receiving(now);
         let mut window = receive_window(
-            share(down_rate, receiving(now)),
-            (*ctx.ops).srtt_us,
+            share(down_rate, flows),
+            window_rtt((*ctx.ops).srtt_us, flows),
             (*ctx.ops).mss_cache,
             window_gain(drained(tat, now, tolerance)),
         ) as i32;
