@@ -480,7 +480,6 @@ fn an_idle_connection_hands_its_share_on_within_half_a_second() {
     .args([host, port])
     .arg(format!("/{}", 6 * MIB))
     .arg(format!("/{}?stall=20", 3 * MIB / 2));
-    eprintln!("CMD {cmd:?}");
     let output = harness::wait_with_timeout(
         cmd.stdout(Stdio::piped())
             .stderr(Stdio::piped())
