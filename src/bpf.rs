@@ -16,9 +16,9 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
-    Ebpf, EbpfLoader,
+    Ebpf, EbpfLoader, Pod,
     maps::{
-        Array, PerCpuArray,
+        Array, MapData, PerCpuArray,
         lpm_trie::{Key, LpmTrie},
     },
     programs::{
@@ -226,12 +226,18 @@ impl Programs {
     }
 
     fn write_scope(&mut self, value: u32) -> Result<()> {
-        let mut map: Array<_, u32> = Array::try_from(
-            self.ebpf
-                .map_mut(MAP_SCOPE)
-                .context("the eBPF object has no SCOPE map")?,
-        )?;
-        map.set(0, value, 0).context("writing the run's scope")
+        self.array::<u32>(MAP_SCOPE)?
+            .set(0, value, 0)
+            .context("writing the run's scope")
+    }
+
+    /// The object's array map `name`, to write.
+    fn array<V: Pod>(&mut self, name: &str) -> Result<Array<&mut MapData, V>> {
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .with_context(|| format!("the eBPF object has no {name} map"))?;
+        Ok(Array::try_from(map)?)
     }
 
     /// Puts `limits` in force: the programs read them on the next packet
@@ -245,18 +251,11 @@ impl Programs {
             .iter()
             .any(|(_, rate)| **rate != Rate::Unlimited)
         {
-            let mut tuning: Array<_, u32> = Array::try_from(
-                self.ebpf
-                    .map_mut(MAP_TUNING)
-                    .context("the eBPF object has no TUNING map")?,
-            )?;
-            tuning.set(0, 1, 0).context("turning the socket hooks on")?;
+            self.array::<u32>(MAP_TUNING)?
+                .set(0, 1, 0)
+                .context("turning the socket hooks on")?;
         }
-        let mut map: Array<_, Limit> = Array::try_from(
-            self.ebpf
-                .map_mut(MAP_LIMITS)
-                .context("the eBPF object has no LIMITS map")?,
-        )?;
+        let mut map = self.array::<Limit>(MAP_LIMITS)?;
         for direction in Direction::ALL {
             map.set(direction.key(), limits.map_value(direction), 0)
                 .with_context(|| format!("writing the {} limit", direction.name()))?;
@@ -272,11 +271,7 @@ impl Programs {
         // The programs' clock, bpf_ktime_get_ns, is CLOCK_MONOTONIC.
         let now = clock_gettime(ClockId::CLOCK_MONOTONIC).context("reading the monotonic clock")?;
         let now = u64::try_from(Duration::from(now).as_nanos()).unwrap_or(u64::MAX);
-        let mut map: Array<_, u64> = Array::try_from(
-            self.ebpf
-                .map_mut(MAP_CLOCK)
-                .context("the eBPF object has no CLOCK map")?,
-        )?;
+        let mut map = self.array::<u64>(MAP_CLOCK)?;
         for direction in Direction::ALL {
             let tat = primed_tat(
                 now,
