@@ -18,7 +18,7 @@
 
 use crate::{
     Limit,
-    policer::{NSEC_PER_SEC, Step, default_burst, police, transmit_ns},
+    policer::{NSEC_PER_SEC, Step, credited_tat, default_burst, police, transmit_ns},
 };
 
 /// The clock of a connection the policer has not seen yet (no clock is 0
@@ -51,16 +51,11 @@ pub fn police_fairly(tat: u64, own: u64, now: u64, len: u64, limit: &Limit, shar
     // most one second of its share (`default_starting_credit`, in time): at
     // a share below 16 KiB/s a full bucket would let it pass seconds of its
     // share at once while the run goes into debt for it. Worked out in time
-    // rather than through `primed_tat`: each further division here made the
-    // verifier's check of the download program, most of a run's start-up,
-    // take milliseconds longer.
+    // (`credited_tat`) rather than through `primed_tat`: each further
+    // division here made the verifier's check of the download program, most
+    // of a run's start-up, take milliseconds longer.
     let own = if own == NEW_CONNECTION {
-        let credit = if own_tolerance < NSEC_PER_SEC {
-            own_tolerance
-        } else {
-            NSEC_PER_SEC
-        };
-        now.saturating_add(own_tolerance - credit)
+        credited_tat(now, own_tolerance, NSEC_PER_SEC)
     } else {
         own
     };

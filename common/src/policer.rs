@@ -71,13 +71,23 @@ pub fn primed_tat(now: u64, limit: &Limit, credit: u64) -> u64 {
     if limit.rate == 0 {
         return now;
     }
-    let credit = if credit > limit.burst {
-        limit.burst
+    credited_tat(
+        now,
+        transmit_ns(limit.burst, limit.rate),
+        transmit_ns(credit, limit.rate),
+    )
+}
+
+/// [`primed_tat`] in time: the clock of a bucket whose burst tolerance is
+/// `tolerance_ns`, holding `credit_ns` of it (at most the whole) at `now`.
+#[inline(always)]
+pub fn credited_tat(now: u64, tolerance_ns: u64, credit_ns: u64) -> u64 {
+    let credit_ns = if credit_ns > tolerance_ns {
+        tolerance_ns
     } else {
-        credit
+        credit_ns
     };
-    let tolerance = transmit_ns(limit.burst, limit.rate);
-    now.saturating_add(tolerance - transmit_ns(credit, limit.rate))
+    now.saturating_add(tolerance_ns - credit_ns)
 }
 
 /// A bucket of `span` bytes, or [`MIN_DEFAULT_BURST`] if that is deeper.
@@ -168,7 +178,11 @@ mod tests {
 
     /// Offers `len`-byte packets every `gap` ns for `duration` ns and returns the bytes passed.
     fn run(lim: &Limit, len: u64, gap: u64, start: u64, duration: u64) -> u64 {
-        let mut tat = 0;
+        run_from(0, lim, len, gap, start, duration)
+    }
+
+    /// [`run`] from a clock of `tat`.
+    fn run_from(mut tat: u64, lim: &Limit, len: u64, gap: u64, start: u64, duration: u64) -> u64 {
         let mut passed = 0;
         let mut now = start;
         while now < start + duration {
@@ -331,15 +345,7 @@ mod tests {
         assert_eq!(passed, 1024 + 64);
         // 30 s of overload from a primed clock: 1/30 over the rate, not the
         // 16 s a full bucket would add.
-        let mut tat = primed_tat(0, &lim, credit);
-        let mut passed = 0;
-        for ms in 0..30_000 {
-            let step = police(tat, ms * MS, 64, &lim);
-            if step.passes() {
-                passed += 64;
-            }
-            tat = apply(tat, step);
-        }
+        let passed = run_from(primed_tat(0, &lim, credit), &lim, 64, MS, 0, 30_000 * MS);
         assert!((30 * 1024..=31 * 1024 + 64).contains(&passed), "{passed}");
     }
 
