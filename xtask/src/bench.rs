@@ -573,9 +573,8 @@ impl Bench<'_> {
             (_, false) => (4 * case.limit * run_for).max(16 * MIB),
         };
         if let Traffic::Aria2 { connections, .. } = case.traffic {
-            // aria2c splits no file into pieces under 1 MiB.
             ensure!(
-                size >= u64::from(connections) * MIB,
+                case.traffic.fits(size),
                 "not run: {run_for} s at {} is {size} bytes, less than the {connections} \
                  pieces of 1 MiB (the least aria2c splits a file into) its connections need",
                 report::rate(case.limit as f64)

@@ -220,6 +220,15 @@ impl Traffic {
             Traffic::Curl | Traffic::Udp => 1,
         }
     }
+
+    /// Whether a download of `size` bytes can be made this way: aria2c
+    /// splits no file into pieces under 1 MiB, and each connection needs one.
+    pub fn fits(self, size: u64) -> bool {
+        match self {
+            Traffic::Aria2 { connections, .. } => size >= u64::from(connections) << 20,
+            _ => true,
+        }
+    }
 }
 
 impl Row {

@@ -96,15 +96,14 @@ impl Matrix {
         }
     }
 
-    /// Whether `traffic` is measured at `limit`: a whole file split by
-    /// aria2c needs a piece of 1 MiB per connection, more than 8 s at
-    /// 8 or 64 KiB/s deliver.
+    /// Whether `traffic` is measured at `limit`: a whole file is what the
+    /// limit delivers in the run, and aria2c needs a piece of 1 MiB per
+    /// connection, more than 8 s at 8 or 64 KiB/s deliver.
     fn applies(&self, traffic: Traffic, limit: u64) -> bool {
         match traffic {
             Traffic::Aria2 {
-                connections,
-                whole_file: true,
-            } => limit * u64::from(self.secs + self.warmup) >= u64::from(connections) * MIB,
+                whole_file: true, ..
+            } => traffic.fits(limit * u64::from(self.secs + self.warmup)),
             _ => true,
         }
     }
