@@ -47,6 +47,11 @@ pub fn police_fairly(tat: u64, own: u64, now: u64, len: u64, limit: &Limit, shar
         };
     }
     let own_tolerance = transmit_ns(default_burst(share), share);
+    let own_tolerance = if own_tolerance > NSEC_PER_SEC {
+        NSEC_PER_SEC
+    } else {
+        own_tolerance
+    };
     // A new connection's bucket starts as a run's default one does, with at
     // most one second of its share (`default_starting_credit`, in time): at
     // a share below 16 KiB/s a full bucket would let it pass seconds of its
@@ -60,7 +65,9 @@ pub fn police_fairly(tat: u64, own: u64, now: u64, len: u64, limit: &Limit, shar
         own
     };
     let within_share = own <= now.saturating_add(own_tolerance);
-    let debt_limit = now.saturating_add(transmit_ns(limit.burst, limit.rate).saturating_mul(2));
+    let tolerance = transmit_ns(limit.burst, limit.rate);
+    let debt = if own <= now { tolerance } else { tolerance / 2 };
+    let debt_limit = now.saturating_add(tolerance).saturating_add(debt);
     let run = match step {
         Step::Drop if within_share && tat <= debt_limit => {
             Step::Advance(transmit_ns(len, limit.rate))

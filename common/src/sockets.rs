@@ -144,6 +144,26 @@ pub fn window_gain(drained: u64) -> u64 {
 /// that finish or go idle hand their share on within two periods.
 pub const EPOCH_NS: u64 = 200_000_000;
 
+/// The period of download activity at a download limit of `rate`:
+/// [`EPOCH_NS`], or at limits below 60 KB/s long enough for a connection
+/// at the smallest share (an eighth) to receive a full-size segment.
+///
+/// Otherwise a connection receiving its share of a low limit shows up in
+/// a few periods out of many: at 8 KiB/s, eight connections counted as one
+/// or two, each was policed at half the limit or more, and four of the
+/// eight received nothing in 8 s while the others took it all.
+#[inline(always)]
+pub fn period_ns(rate: u64) -> u64 {
+    let segment_ns = (8 * 1500 * crate::policer::NSEC_PER_SEC)
+        .checked_div(rate)
+        .unwrap_or(0);
+    if segment_ns > EPOCH_NS {
+        segment_ns
+    } else {
+        EPOCH_NS
+    }
+}
+
 /// A period's tally of the connections that received bulk data in it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -183,24 +203,46 @@ pub struct Seen {
 }
 
 /// Whether a socket that has received `received` bytes, and was `last`
-/// seen, is to be counted in `epoch`'s tally: it is a bulk flow, received
-/// something since, and is not counted in this period yet.
+/// seen, is to be counted in `epoch`'s tally: it is a bulk download at a
+/// limit of `rate` (see [`bulk`]), received something since, and
+/// is not counted in this period yet.
 #[inline(always)]
-pub fn counts_in(epoch: u64, last: Seen, received: u64) -> bool {
-    is_bulk(received) && received > last.received && last.epoch != epoch
+pub fn counts_in(epoch: u64, last: Seen, received: u64, rate: u64) -> bool {
+    received > bulk(rate) && received > last.received && last.epoch != epoch
 }
 
-/// Bytes a connection must have moved (either way) before it counts as one
-/// of the flows sharing the limit: more than a control connection (iperf3's
-/// carries a few hundred bytes until its final report) or a small request,
-/// yet reached within a quarter second by a share of 64 KiB/s.
+/// Bytes a connection must have moved one way (received, or sent and
+/// acknowledged) before it counts as one of the flows sharing that
+/// direction's limit: more than a control connection (iperf3's carries a
+/// few hundred bytes until its final report) or a small request, yet
+/// reached within a quarter second by a share of 64 KiB/s.
 pub const BULK: u64 = 16 * 1024;
 
-/// Whether a connection that moved `bytes` one way (received, or sent and
-/// acknowledged) is a bulk flow that way.
+/// The least [`bulk`] falls to at low limits: more than the headers of an
+/// HTTP reply or a control connection's messages.
+pub const MIN_BULK: u64 = 2 * 1024;
+
+/// The bytes a connection must have moved one way to count among the
+/// flows sharing a limit of `rate` that way: [`BULK`], or below 64 KiB/s a
+/// quarter second of the limit, never less than [`MIN_BULK`]; [`BULK`]
+/// when unlimited.
+///
+/// At 8 KiB/s, where eight connections get 1 KiB/s each, [`BULK`] took
+/// 16 s to reach. Until then each was given the whole limit: downloads
+/// were policed as if alone and four of eight received nothing in 8 s;
+/// uploads were paced at the whole limit, the policer dropped a starved
+/// connection's every segment, and after fifteen failed sends (7.5 s) the
+/// kernel aborted it ("Connection timed out").
 #[inline(always)]
-pub fn is_bulk(bytes: u64) -> bool {
-    bytes > BULK
+pub fn bulk(rate: u64) -> u64 {
+    let quarter = rate / 4;
+    if quarter > BULK || rate == 0 {
+        BULK
+    } else if quarter < MIN_BULK {
+        MIN_BULK
+    } else {
+        quarter
+    }
 }
 
 /// One connection's share of a direction's `rate` when `flows` connections
@@ -334,17 +376,27 @@ mod tests {
             epoch: 4,
             received: 100_000,
         };
-        assert!(counts_in(5, seen, 101_000));
-        assert!(!counts_in(4, seen, 101_000));
-        assert!(!counts_in(5, seen, 100_000));
-        assert!(!counts_in(5, Seen::default(), BULK));
+        assert!(counts_in(5, seen, 101_000, MIB));
+        assert!(!counts_in(4, seen, 101_000, MIB));
+        assert!(!counts_in(5, seen, 100_000, MIB));
+        assert!(!counts_in(5, Seen::default(), BULK, MIB));
     }
 
     #[test]
-    fn only_bulk_connections_take_a_share() {
-        assert!(!is_bulk(4096));
-        assert!(!is_bulk(BULK));
-        assert!(is_bulk(BULK + 1));
+    fn low_limits_count_smaller_flows_over_longer_periods() {
+        assert_eq!(bulk(MIB), BULK);
+        assert_eq!(bulk(64 * 1024), BULK);
+        assert_eq!(bulk(8 * 1024), MIN_BULK);
+        assert_eq!(bulk(0), BULK);
+        assert_eq!(bulk(1), MIN_BULK);
+        assert!(counts_in(1, Seen::default(), MIN_BULK + 1, 8 * 1024));
+        assert!(!counts_in(1, Seen::default(), MIN_BULK + 1, MIB));
+        assert_eq!(period_ns(MIB), EPOCH_NS);
+        assert_eq!(period_ns(64 * 1024), EPOCH_NS);
+        assert_eq!(period_ns(0), EPOCH_NS);
+        // At 8 KiB/s an eighth of the limit takes 1.46 s per segment.
+        assert_eq!(period_ns(8 * 1024), 1_464_843_750);
+        assert_eq!(period_ns(1), 8 * 1500 * 1_000_000_000);
     }
 
     #[test]

@@ -35,8 +35,8 @@ use throttle_common::{
     packet::{IPPROTO_TCP, ip_header_len, layout, tcp_without_payload},
     policer::{Step, police, transmit_ns},
     sockets::{
-        EPOCH_NS, Seen, Tally, active_flows, counts_in, drained, initial_window, is_bulk,
-        pacing_rate, receive_window, share, tally_slot, window_gain, window_rtt,
+        Seen, Tally, active_flows, bulk, counts_in, drained, initial_window, pacing_rate,
+        period_ns, receive_window, share, tally_slot, window_gain, window_rtt,
     },
 };
 
@@ -54,7 +54,7 @@ static CLOCK: Array<u64> = Array::with_max_entries(DIRECTIONS, 0);
 static TUNING: Array<u32> = Array::with_max_entries(1, 0);
 
 /// How many of the cgroup's established TCP connections have sent bulk
-/// data (see `throttle_common::sockets::BULK`); the socket hooks give each
+/// data (see `throttle_common::sockets::bulk`); the socket hooks give each
 /// its share of the upload limit.
 #[map]
 static FLOWS: Array<u64> = Array::with_max_entries(1, 0);
@@ -72,10 +72,10 @@ static TALLIES: Array<Tally> = Array::with_max_entries(2, 0);
 #[map]
 static SEEN: LruHashMap<u64, Seen> = LruHashMap::with_max_entries(4096, 0);
 
-/// Per download socket (by cookie), its clock at its share of the limit
-/// (see `throttle_common::fairness`). An LRU map, like SEEN.
+/// Per socket and direction (cookie, direction), its clock at its share
+/// of the limit (see `throttle_common::fairness`). An LRU map, like SEEN.
 #[map]
-static FAIR: LruHashMap<u64, u64> = LruHashMap::with_max_entries(4096, 0);
+static FAIR: LruHashMap<[u64; 2], u64> = LruHashMap::with_max_entries(8192, 0);
 
 #[map]
 static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(DIRECTIONS, 0);
@@ -176,19 +176,22 @@ fn count_if_bulk(ctx: &SockOpsContext, now: u64) {
     // SAFETY: ctx.ops is the kernel's bpf_sock_ops for this call.
     let (received, acked) = unsafe { ((*ctx.ops).bytes_received, (*ctx.ops).bytes_acked) };
     let flags = ctx.cb_flags();
-    if flags & COUNTED == 0 && is_bulk(acked) && ctx.set_cb_flags((flags | COUNTED) as i32).is_ok()
+    if flags & COUNTED == 0
+        && acked > bulk(up_rate())
+        && ctx.set_cb_flags((flags | COUNTED) as i32).is_ok()
     {
         count_flow(1);
     }
-    if !is_bulk(received) {
+    let rate = down_rate();
+    if received <= bulk(rate) {
         return;
     }
     // SAFETY: the helper only reads the socket behind the context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
-    let epoch = now / EPOCH_NS;
+    let epoch = now / period_ns(rate);
     // SAFETY: the value is copied out before the map can change it.
     let last = unsafe { SEEN.get(&cookie) }.copied().unwrap_or_default();
-    if !counts_in(epoch, last, received) {
+    if !counts_in(epoch, last, received, rate) {
         if received > last.received {
             let _ = SEEN.insert(
                 &cookie,
@@ -320,7 +323,7 @@ fn first_share(now: u64, limited: bool) -> u64 {
     if TUNING.get(0).copied().unwrap_or(0) == 0 {
         return 0;
     }
-    let rate = LIMITS.get(DOWN).map_or(0, |down| down.rate) * u64::from(limited);
+    let rate = down_rate() * u64::from(limited);
     share(rate, receiving(now) + 1)
 }
 
@@ -328,7 +331,19 @@ fn first_share(now: u64, limited: bool) -> u64 {
 #[inline(always)]
 fn receiving(now: u64) -> u64 {
     let tally = |slot| TALLIES.get(slot).copied().unwrap_or_default();
-    active_flows(now / EPOCH_NS, [tally(0), tally(1)])
+    active_flows(now / period_ns(down_rate()), [tally(0), tally(1)])
+}
+
+/// The download limit's rate, 0 when unlimited.
+#[inline(always)]
+fn down_rate() -> u64 {
+    LIMITS.get(DOWN).map_or(0, |down| down.rate)
+}
+
+/// The upload limit's rate, 0 when unlimited.
+#[inline(always)]
+fn up_rate() -> u64 {
+    LIMITS.get(UP).map_or(0, |up| up.rate)
 }
 
 #[inline(always)]
@@ -364,14 +379,21 @@ fn admit(ctx: &SkBuffContext, direction: u32) -> bool {
         let tat = core::ptr::read_volatile(clock);
         let step = if exempt {
             Step::Unlimited
-        } else if direction == DOWN && limit.rate != 0 {
+        } else if limit.rate != 0 {
             // SAFETY: the helper only reads the socket the packet is for.
-            let cookie = bpf_get_socket_cookie(ctx.skb.skb.cast());
-            let own = FAIR.get(&cookie).copied().unwrap_or(NEW_CONNECTION);
-            let verdict =
-                police_fairly(tat, own, now, len, limit, share(limit.rate, receiving(now)));
+            let key = [
+                bpf_get_socket_cookie(ctx.skb.skb.cast()),
+                u64::from(direction),
+            ];
+            let own = FAIR.get(&key).copied().unwrap_or(NEW_CONNECTION);
+            let flows = if direction == DOWN {
+                receiving(now)
+            } else {
+                FLOWS.get(0).copied().unwrap_or(0)
+            };
+            let verdict = police_fairly(tat, own, now, len, limit, share(limit.rate, flows));
             if verdict.connection != own {
-                let _ = FAIR.insert(&cookie, &verdict.connection, 0);
+                let _ = FAIR.insert(&key, &verdict.connection, 0);
             }
             verdict.run
         } else {
