@@ -18,7 +18,7 @@
 
 use crate::{
     Limit,
-    policer::{NSEC_PER_SEC, Step, credited_tat, default_burst, police, transmit_ns},
+    policer::{NSEC_PER_SEC, Step, default_burst, police, transmit_ns},
 };
 
 /// The clock of a connection the policer has not seen yet (no clock is 0
@@ -46,25 +46,25 @@ pub fn police_fairly(tat: u64, own: u64, now: u64, len: u64, limit: &Limit, shar
             connection: own,
         };
     }
+    // A connection may run ahead of its share by its share's default burst,
+    // but by no more than a second: 16 KiB, the burst's floor, is 16 s of
+    // 1 KiB/s, and connections that far ahead kept the run in debt while
+    // others starved. A new connection starts with that whole bucket,
+    // which the cap keeps to at most a second of its share, as a run's
+    // default bucket starts (`default_starting_credit`).
     let own_tolerance = transmit_ns(default_burst(share), share);
     let own_tolerance = if own_tolerance > NSEC_PER_SEC {
         NSEC_PER_SEC
     } else {
         own_tolerance
     };
-    // A new connection's bucket starts as a run's default one does, with at
-    // most one second of its share (`default_starting_credit`, in time): at
-    // a share below 16 KiB/s a full bucket would let it pass seconds of its
-    // share at once while the run goes into debt for it. Worked out in time
-    // (`credited_tat`) rather than through `primed_tat`: each further
-    // division here made the verifier's check of the download program, most
-    // of a run's start-up, take milliseconds longer.
-    let own = if own == NEW_CONNECTION {
-        credited_tat(now, own_tolerance, NSEC_PER_SEC)
-    } else {
-        own
-    };
+    let own = if own == NEW_CONNECTION { now } else { own };
     let within_share = own <= now.saturating_add(own_tolerance);
+    // The run may go a burst into debt for connections within their share,
+    // but those already ahead of it get only half of that: the rest is
+    // kept for connections behind, such as one whose segments were all
+    // dropped and whose retransmission comes after a timeout, which
+    // otherwise found the debt taken by the others every time.
     let tolerance = transmit_ns(limit.burst, limit.rate);
     let debt = if own <= now { tolerance } else { tolerance / 2 };
     let debt_limit = now.saturating_add(tolerance).saturating_add(debt);
@@ -213,6 +213,62 @@ mod tests {
         assert!(jain >= 0.95, "Jain {jain:.3}: {passed:?}");
         let total = sum / (20 * lim.rate) as f64;
         assert!((0.95..=1.05).contains(&total), "{total}");
+    }
+
+    /// Eight connections share 8 KiB/s: three greedy ones offer a segment
+    /// every 20 ms from the start, five arrive half a second later and wait
+    /// out doubling retransmission timeouts whenever a segment is dropped.
+    /// Before any of the five is counted the share is the whole limit.
+    /// Each of the five still gets a segment through within three tries,
+    /// and the three hold no more than their share plus their burst.
+    ///
+    /// Without the one-second cap on a connection's tolerance, or without
+    /// the half of the run's debt kept for connections behind their share,
+    /// two or three of the five received nothing in 10 s.
+    #[test]
+    fn a_connection_in_retransmission_backoff_gets_through_at_a_low_limit() {
+        let lim = limit(8 * KIB);
+        let share = lim.rate;
+        let start = NSEC_PER_SEC;
+        let mut tat = primed_tat(start, &lim, default_starting_credit(lim.rate));
+        let mut own = [NEW_CONNECTION; 8];
+        let mut passed = [0u64; 8];
+        // The three took the start-up credit before the five's first segments.
+        let mut next: [u64; 8] =
+            core::array::from_fn(|c| if c < 3 { start } else { start + 500 * MS });
+        let mut backoff = [200 * MS; 8];
+        let mut tries = [0u32; 8];
+        let end = start + 10 * NSEC_PER_SEC;
+        let mut now = start;
+        while now < end {
+            for c in 0..8 {
+                if now < next[c] {
+                    continue;
+                }
+                let v = police_fairly(tat, own[c], now, 1448, &lim, share);
+                tat = apply(tat, v.run);
+                own[c] = v.connection;
+                if c < 3 {
+                    next[c] = now + 20 * MS;
+                } else if v.run.passes() {
+                    backoff[c] = 200 * MS;
+                    next[c] = now + transmit_ns(1448, share);
+                } else {
+                    tries[c] += if passed[c] == 0 { 1 } else { 0 };
+                    next[c] = now + backoff[c];
+                    backoff[c] *= 2;
+                }
+                passed[c] += if v.run.passes() { 1448 } else { 0 };
+            }
+            now += MS;
+        }
+        for c in 3..8 {
+            assert!(passed[c] > 0 && tries[c] <= 3, "{c}: {passed:?} {tries:?}");
+        }
+        for c in 0..3 {
+            let most = 10 * share + default_burst(share) + 2 * 1448;
+            assert!(passed[c] <= most, "{c}: {passed:?}");
+        }
     }
 
     /// A hog offering 4 MiB/s and a modest connection offering 300 KiB/s

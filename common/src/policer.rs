@@ -81,7 +81,7 @@ pub fn primed_tat(now: u64, limit: &Limit, credit: u64) -> u64 {
 /// [`primed_tat`] in time: the clock of a bucket whose burst tolerance is
 /// `tolerance_ns`, holding `credit_ns` of it (at most the whole) at `now`.
 #[inline(always)]
-pub fn credited_tat(now: u64, tolerance_ns: u64, credit_ns: u64) -> u64 {
+fn credited_tat(now: u64, tolerance_ns: u64, credit_ns: u64) -> u64 {
     let credit_ns = if credit_ns > tolerance_ns {
         tolerance_ns
     } else {
