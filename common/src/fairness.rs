@@ -64,9 +64,18 @@ pub fn police_fairly(tat: u64, own: u64, now: u64, len: u64, limit: &Limit, shar
     // but those already ahead of it get only half of that: the rest is
     // kept for connections behind, such as one whose segments were all
     // dropped and whose retransmission comes after a timeout, which
-    // otherwise found the debt taken by the others every time.
+    // otherwise found the debt taken by the others every time. A
+    // connection ahead with the whole limit for its share has nobody to be
+    // fair to and gets none: debt only let a lone upload at 8 KiB/s pass
+    // 1.09-1.18 of the limit.
     let tolerance = transmit_ns(limit.burst, limit.rate);
-    let debt = if own <= now { tolerance } else { tolerance / 2 };
+    let debt = if own <= now {
+        tolerance
+    } else if share < limit.rate {
+        tolerance / 2
+    } else {
+        0
+    };
     let debt_limit = now.saturating_add(tolerance).saturating_add(debt);
     let run = match step {
         Step::Drop if within_share && tat <= debt_limit => {
@@ -135,6 +144,31 @@ mod tests {
         let deep = now + 2 * transmit_ns(lim.burst, lim.rate) + 1;
         let v = police_fairly(deep, 0, now, 1500, &lim, MIB / 2);
         assert_eq!(v.run, Step::Drop);
+    }
+
+    /// A connection alone (its share the whole limit) that is ahead of it
+    /// is policed as the run is: no debt, nobody to be fair to.
+    #[test]
+    fn a_lone_connection_ahead_gets_no_debt() {
+        let lim = limit(8 * KIB);
+        let now = 10 * NSEC_PER_SEC;
+        let over = now + transmit_ns(lim.burst, lim.rate) + 1;
+        let ahead = now + 1;
+        assert_eq!(
+            police_fairly(over, ahead, now, 100, &lim, lim.rate).run,
+            Step::Drop
+        );
+        // Sharing, or behind its share, it may still pass on debt.
+        assert!(
+            police_fairly(over, ahead, now, 100, &lim, lim.rate / 2)
+                .run
+                .passes()
+        );
+        assert!(
+            police_fairly(over, now, now, 100, &lim, lim.rate)
+                .run
+                .passes()
+        );
     }
 
     /// A new connection at a share of 1 KiB/s passes one second of it at
