@@ -23,6 +23,7 @@ set edit:completion:arg-completer[throttle] = {|@words|
             cand --burst 'Bucket depth: how far a burst may run ahead of the rate; at least 125 ms of each limited rate and 16K [default: 250 ms of the rate, at least 16K]'
             cand --exclude 'Leave traffic to and from CIDR unlimited (still counted, apart); repeatable. ''local'' is loopback and link-local'
             cand --only 'Limit only traffic to and from CIDR; repeatable. With --exclude, the longest matching network decides'
+            cand --user 'Run COMMAND as USER (name or uid), with that user''s groups and HOME, SHELL, USER and LOGNAME, as ''setpriv --init-groups'' and ''runuser'' do; needs root. Without it the command runs as the caller: as root under sudo'
             cand --name 'Name of the run, for ''throttle list/set/stats'' [default: COMMAND-PID]'
             cand --kill-after 'After COMMAND exits, how long processes it left behind get between SIGTERM and SIGKILL'
             cand --summary 'At exit, print one line on stderr: bytes, duration, average rates and drops per direction. UDP sent over the upload limit is dropped without telling the sender (iperf3 reports 0% loss): its drops are counted here and in ''throttle stats'''

@@ -18,6 +18,8 @@ need_root() {
 # python3 for the security tests (a stalled set-up, a fake run served by
 # another user).
 APT_PACKAGES=(llvm-22-dev iproute2 bpftool iperf3 trickle curl aria2 fonts-dejavu-core strace python3)
+# setcap, for the tests of runs without root.
+APT_PACKAGES+=(libcap2-bin)
 # The kernel lab (cargo xtask vm, vm-test): qemu, what virtme-ng needs (kmod
 # for depmod, busybox for its initramfs, a venv to install it in), and tini
 # to reap orphans in the guest, whose init does not.

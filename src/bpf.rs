@@ -26,7 +26,10 @@ use aya::{
         cgroup_skb::CgroupSkbLinkId, sock_ops::SockOpsLinkId,
     },
 };
-use nix::time::{ClockId, clock_gettime};
+use nix::{
+    errno::Errno,
+    time::{ClockId, clock_gettime},
+};
 use throttle_common::{
     Counters, Direction, Limit, MAP_CLOCK, MAP_COUNTERS, MAP_EXCLUDED, MAP_LIMITS, MAP_NETWORKS,
     MAP_SCOPE, MAP_TUNING, PROG_DOWN, PROG_TUNING, PROG_UP, PerDirection,
@@ -36,6 +39,7 @@ use throttle_common::{
 use crate::{
     control::Maps,
     limits::{Limits, Scope},
+    privileges,
 };
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/throttle"));
@@ -102,9 +106,15 @@ impl Programs {
         // The programs use no kernel types, so the kernel's 9 MB BTF is not
         // parsed (Ebpf::load parses it twice): that was most of throttle's
         // start-up time. See vendor/aya/THROTTLE-PATCH.md.
-        let ebpf = EbpfLoader::without_kernel_btf().load(OBJECT).map_err(|e| anyhow!(e)).context(
-            "could not load the eBPF object (needs CAP_BPF and CAP_NET_ADMIN; see 'throttle doctor')",
-        )?;
+        let ebpf = EbpfLoader::without_kernel_btf()
+            .load(OBJECT)
+            .map_err(|e| anyhow!(e))
+            .with_context(|| {
+                format!(
+                    "could not load the eBPF object (needs {}; see 'throttle doctor')",
+                    privileges::names()
+                )
+            })?;
         let mut programs = Programs {
             ebpf,
             cgroup: cgroup.to_path_buf(),
@@ -166,8 +176,9 @@ impl Programs {
         };
         let link = link.with_context(|| {
             format!(
-                "could not attach {name} to {} (cgroup bpf_link needs Linux 5.7+ and CAP_NET_ADMIN)",
-                self.cgroup.display()
+                "could not attach {name} to {} (cgroup bpf_link needs Linux 5.7+ and {})",
+                self.cgroup.display(),
+                privileges::names()
             )
         })?;
         self.attachments.push(Attachment {
@@ -334,9 +345,29 @@ impl Maps for Programs {
 }
 
 /// Keeps the verifier's verdict but only its last lines: the full log is
-/// hundreds of lines and the cause is at the end.
+/// hundreds of lines and the cause is at the end. A refusal for want of
+/// privilege names what is missing instead: its log says nothing of
+/// capabilities.
 fn explain_load(error: ProgramError) -> anyhow::Error {
     match error {
+        ProgramError::LoadError { io_error, .. }
+            if matches!(
+                io_error.raw_os_error().map(Errno::from_raw),
+                Some(Errno::EACCES | Errno::EPERM)
+            ) =>
+        {
+            match privileges::missing() {
+                Some(missing) => anyhow!(
+                    "{io_error}: missing capability {missing}; {}",
+                    privileges::fix()
+                ),
+                None => anyhow!(
+                    "{io_error}, although {} are held: a security module (SELinux, \
+                     AppArmor, lockdown) may forbid eBPF here",
+                    privileges::names()
+                ),
+            }
+        }
         ProgramError::LoadError {
             io_error,
             verifier_log,

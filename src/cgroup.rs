@@ -77,6 +77,12 @@ pub fn own_cgroup(mount: &Path) -> Result<PathBuf> {
     Ok(mount.join(relative.trim_start_matches('/')))
 }
 
+/// What a run without root needs when it may not create its cgroup.
+pub const NO_CGROUP: &str = "a run without root needs a cgroup of its own, delegated to you, that \
+your shell runs in: with systemd, start it as 'systemd-run --user --scope -p Delegate=yes \
+throttle ...'; without, see the README's 'Without root' for the one-time root step; or run \
+throttle as root (sudo)";
+
 /// Where a run's cgroup goes. Inside another run (a nested throttle), it must
 /// be a child of that run's cgroup so the outer programs still see its
 /// packets. From the root cgroup, runs are gathered under `<mount>/throttle`.
@@ -163,17 +169,16 @@ impl RunCgroup {
     /// Creates the cgroup; it must not exist yet.
     pub fn create(path: &Path) -> Result<RunCgroup> {
         if let Some(parent) = path.parent() {
-            fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+            fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}; {NO_CGROUP}", parent.display()))?;
         }
         if let Err(e) = fs::create_dir(path) {
             let hint = match e.kind() {
-                io::ErrorKind::PermissionDenied => " (run throttle as root; see 'throttle doctor')",
-                io::ErrorKind::AlreadyExists => {
-                    " (another run uses this name; pick one with --name)"
-                }
-                _ => "",
+                io::ErrorKind::PermissionDenied => NO_CGROUP,
+                io::ErrorKind::AlreadyExists => "another run uses this name; pick one with --name",
+                _ => "see 'throttle doctor'",
             };
-            return Err(e).with_context(|| format!("creating cgroup {}{hint}", path.display()));
+            return Err(e).with_context(|| format!("creating cgroup {}; {hint}", path.display()));
         }
         let dir = File::open(path).with_context(|| format!("opening {}", path.display()))?;
         Ok(RunCgroup {

@@ -11,6 +11,8 @@ use throttle_common::{
     units::{Rate, RateRefusal, SIZE_FORMS, parse_rate, parse_size},
 };
 
+use crate::identity::{self, Identity};
+
 const ABOUT: &str = "Run a command with its network bandwidth limited, in the kernel";
 
 const LONG_ABOUT: &str = "\
@@ -86,6 +88,10 @@ pub struct RunArgs {
     /// Limit only traffic to and from CIDR; repeatable. With --exclude, the longest matching network decides
     #[arg(long, value_name = "CIDR", value_parser = place)]
     pub only: Vec<Place>,
+
+    /// Run COMMAND as USER (name or uid), with that user's groups and HOME, SHELL, USER and LOGNAME, as 'setpriv --init-groups' and 'runuser' do; needs root. Without it the command runs as the caller: as root under sudo
+    #[arg(long, value_name = "USER", value_parser = identity::parse)]
+    pub user: Option<Identity>,
 
     /// Name of the run, for 'throttle list/set/stats' [default: COMMAND-PID]
     #[arg(long, value_name = "NAME", value_parser = run_name)]

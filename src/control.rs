@@ -16,12 +16,14 @@ use std::{
     sync::{
         Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
+        mpsc::{self, Sender},
     },
     thread::{self, JoinHandle},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{Context as _, Result};
+use caps::Capability;
 use nix::{
     errno::Errno,
     fcntl::OFlag,
@@ -34,6 +36,7 @@ use throttle_common::{Counters, PerDirection};
 use crate::{
     bpf::Programs,
     limits::{Limits, Scope},
+    privileges,
     protocol::{
         self, Changes, Info, LimitView, MAX_LINE, Refusal, RefusalKind, Request, SetReply, Stats,
     },
@@ -87,12 +90,15 @@ pub struct Server {
     /// Closing it stops the accept loop at once (its poll sees the hang-up),
     /// so teardown never waits out a poll timeout.
     wake: Option<OwnedFd>,
+    /// Lets the accept loop start, with the capabilities it is to keep.
+    go: Option<Sender<Vec<Capability>>>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Server {
-    /// Serves `state` on the socket of run `name` in `dir` (mode 0600,
-    /// owned by `owner`), replacing a stale one.
+    /// Makes the socket of run `name` in `dir` (mode 0600, owned by
+    /// `owner`), replacing a stale one, to serve `state` from [`Self::serve`]
+    /// on: clients may connect at once, and wait until then.
     pub fn start<M: Maps + Sync + 'static>(
         dir: &RunDir,
         name: &str,
@@ -103,23 +109,43 @@ impl Server {
         dir.remove(&file)?;
         let listener: UnixListener = dir.bind(&file, owner)?;
         let (woken, wake) = pipe2(OFlag::O_CLOEXEC).context("creating a pipe")?;
+        let (go, started) = mpsc::channel::<Vec<Capability>>();
         let mut server = Server {
             dir: dir.try_clone()?,
             file,
             wake: Some(wake),
+            go: Some(go),
             thread: None,
         };
         let thread = thread::Builder::new()
             .name("control".into())
-            .spawn(move || accept_loop(&listener, &woken, owner.0, &state))
+            .spawn(move || {
+                // Capabilities are per thread: this one gives up its own
+                // before it reads a byte from a client.
+                let Ok(keep) = started.recv() else { return };
+                if let Err(e) = privileges::keep_only(&keep) {
+                    eprintln!("throttle: the control socket does not serve: {e:#}");
+                    return;
+                }
+                accept_loop(&listener, &woken, owner.0, &state)
+            })
             .context("starting the control socket thread")?;
         server.thread = Some(thread);
         Ok(server)
+    }
+
+    /// Starts serving, with only the capabilities `keep` (see
+    /// [`privileges::keep_only`]).
+    pub fn serve(&self, keep: &[Capability]) {
+        if let Some(go) = &self.go {
+            let _ = go.send(keep.to_vec());
+        }
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
+        drop(self.go.take());
         drop(self.wake.take());
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();

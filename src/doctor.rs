@@ -30,18 +30,17 @@ impl Report {
 pub fn run() -> Result<ExitCode> {
     let mut report = Report { failures: 0 };
     report.check("kernel", kernel());
-    for requirement in &privileges::REQUIRED {
-        let name = privileges::names(requirement);
+    for requirement in privileges::required() {
         let result = if privileges::holds(requirement) {
             Ok(format!("held ({})", requirement.why))
         } else {
             Err(anyhow::anyhow!(
                 "missing, needed {}; {}",
                 requirement.why,
-                privileges::FIX
+                privileges::fix()
             ))
         };
-        report.check(&format!("capability {name}"), result);
+        report.check(&format!("capability {}", requirement.cap), result);
     }
     let mount = cgroup::find_mount();
     report.check(
@@ -74,11 +73,7 @@ fn kernel() -> Result<String> {
     let release = fs::read_to_string("/proc/sys/kernel/osrelease")
         .context("reading /proc/sys/kernel/osrelease")?;
     let release = release.trim();
-    let mut numbers = release
-        .split(|c: char| !c.is_ascii_digit())
-        .filter_map(|n| n.parse::<u32>().ok());
-    let version = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
-    if version < (5, 7) {
+    if privileges::kernel_version() < (5, 7) {
         bail!("Linux {release} is too old: cgroup bpf_link needs 5.7 or later");
     }
     Ok(format!("Linux {release}"))
@@ -87,8 +82,13 @@ fn kernel() -> Result<String> {
 fn run_parent(mount: &Path) -> Result<String> {
     let parent = cgroup::runs_parent(mount)?;
     let existing = parent.ancestors().find(|p| p.exists()).unwrap_or(mount);
-    nix::unistd::access(existing, nix::unistd::AccessFlags::W_OK)
-        .with_context(|| format!("{} is not writable; run as root", existing.display()))?;
+    nix::unistd::access(existing, nix::unistd::AccessFlags::W_OK).with_context(|| {
+        format!(
+            "{} is not writable; {}",
+            existing.display(),
+            cgroup::NO_CGROUP
+        )
+    })?;
     Ok(format!("created under {}", parent.display()))
 }
 

@@ -9,6 +9,7 @@ mod control;
 mod doctor;
 mod exit;
 mod guard;
+mod identity;
 mod limits;
 mod privileges;
 mod protocol;

@@ -19,6 +19,7 @@ use crate::{
     cli::{self, RunArgs, SummaryFormat},
     control::{self, RunState},
     guard::{Cleanup, Guard},
+    identity::Identity,
     limits::{Limits, Scope},
     privileges,
     registration::Registration,
@@ -35,6 +36,7 @@ pub struct Plan {
     limits: Limits,
     leftovers: Leftovers,
     summary: Option<SummaryFormat>,
+    identity: Option<Identity>,
     owner: (Uid, Gid),
     mount: PathBuf,
     cgroup: PathBuf,
@@ -73,6 +75,12 @@ impl Plan {
         limits
             .check_burst()
             .map_err(|e| BadArguments(format!("--{e}")))?;
+        if args.user.is_some() && !privileges::can_switch_user() {
+            return Err(BadArguments(
+                "--user needs root (CAP_SETUID and CAP_SETGID): run throttle with sudo".into(),
+            )
+            .into());
+        }
         privileges::check()?;
         let mount = cgroup::find_mount()?;
         let parent = cgroup::runs_parent(&mount)?;
@@ -91,6 +99,7 @@ impl Plan {
                 wait_all: args.wait_all,
             },
             summary: args.summary,
+            identity: args.user,
             owner,
             mount,
         })
@@ -163,16 +172,31 @@ impl Run {
     /// Steps 7–8: runs the command in the cgroup, forwards signals, deals
     /// with its leftovers, and returns its exit status.
     pub fn supervise(&self, plan: &Plan, forwarding: Forwarding) -> Result<i32> {
-        let env = [
+        let mut env = vec![
             ("THROTTLE_NAME", OsStr::new(&plan.name)),
             ("THROTTLE_SOCKET", self.socket.as_os_str()),
         ];
+        if let Some(identity) = &plan.identity {
+            env.extend(identity.env.iter().map(|(k, v)| (*k, v.as_os_str())));
+        }
         supervisor::run(
             &plan.command,
             &env,
+            plan.identity.as_ref(),
             &self.cgroup,
             forwarding,
             &plan.leftovers,
+            || {
+                // The programs are attached and the command runs: what
+                // remains is serving clients and the teardown. This thread
+                // (the forwarder and the client threads start from it, or
+                // from the control thread, which drops its own) gives up
+                // the rest first.
+                let keep = privileges::kept_after_start();
+                privileges::keep_only(&keep)?;
+                self.server.serve(&keep);
+                Ok(())
+            },
         )
     }
 

@@ -19,7 +19,7 @@ use std::{
 
 use nix::unistd::{Pid, getpid};
 
-use crate::exit;
+use crate::{exit, identity::Identity};
 
 /// `struct clone_args` up to `cgroup` (CLONE_ARGS_SIZE_VER2), from
 /// include/uapi/linux/sched.h.
@@ -42,14 +42,16 @@ struct CloneArgs {
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
 /// Starts `command` (looked up in PATH) with the wrapper's environment plus
-/// `env`, as a child born inside the cgroup open at `cgroup_dir`. The child
-/// dies with SIGKILL if the wrapper's main thread dies (the caller must be
-/// the main thread). Returns the child's pid once exec has succeeded, or
-/// exec's error.
+/// `env`, as a child born inside the cgroup open at `cgroup_dir`, as
+/// `identity` if given. The child dies with SIGKILL if the wrapper's main
+/// thread dies (the caller must be the main thread). Returns the child's
+/// pid once exec has succeeded, or the error of exec or of the switch of
+/// user.
 pub fn spawn_in_cgroup(
     command: &[OsString],
     env: &[(&str, &OsStr)],
     cgroup_dir: BorrowedFd<'_>,
+    identity: Option<&Identity>,
 ) -> io::Result<Pid> {
     // Everything the child needs is built here: between clone and exec a
     // child of a multi-threaded process may not allocate.
@@ -62,6 +64,11 @@ pub fn spawn_in_cgroup(
     let envp_owned = environment(env)?;
     let mut envp: Vec<*const libc::c_char> = envp_owned.iter().map(|e| e.as_ptr()).collect();
     envp.push(std::ptr::null());
+    let switch = identity.map(|id| Switch {
+        uid: id.uid.as_raw(),
+        gid: id.gid.as_raw(),
+        groups: id.groups.iter().map(|g| g.as_raw()).collect(),
+    });
 
     // exec's errno travels back on a close-on-exec pipe: EOF means exec worked.
     let (reader, writer) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
@@ -85,7 +92,7 @@ pub fn spawn_in_cgroup(
     };
     if pid == 0 {
         // SAFETY: see above; this is the child and never returns.
-        unsafe { child(&argv, &envp, writer.as_raw_fd(), wrapper) }
+        unsafe { child(&argv, &envp, switch.as_ref(), writer.as_raw_fd(), wrapper) }
     }
     if pid < 0 {
         return Err(io::Error::last_os_error());
@@ -111,6 +118,13 @@ pub fn spawn_in_cgroup(
     })
 }
 
+/// The ids a child takes before exec, prepared before the clone.
+struct Switch {
+    uid: libc::uid_t,
+    gid: libc::gid_t,
+    groups: Vec<libc::gid_t>,
+}
+
 /// The child between clone3 and exec.
 ///
 /// # Safety
@@ -119,6 +133,7 @@ pub fn spawn_in_cgroup(
 unsafe fn child(
     argv: &[*const libc::c_char],
     envp: &[*const libc::c_char],
+    switch: Option<&Switch>,
     report: libc::c_int,
     wrapper: libc::pid_t,
 ) -> ! {
@@ -150,6 +165,20 @@ unsafe fn child(
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        // Raw system calls, not libc's setuid family: those signal every
+        // thread glibc knows of to switch them too, and after a raw clone3
+        // glibc still counts the wrapper's threads. Groups first, then the
+        // group, then the user, which gives up the right to the other two;
+        // a change of uid from 0 clears every capability.
+        if let Some(switch) = switch {
+            let groups = (switch.groups.len(), switch.groups.as_ptr());
+            if libc::syscall(libc::SYS_setgroups, groups.0, groups.1) != 0
+                || libc::syscall(libc::SYS_setresgid, switch.gid, switch.gid, switch.gid) != 0
+                || libc::syscall(libc::SYS_setresuid, switch.uid, switch.uid, switch.uid) != 0
+            {
+                fail(report);
+            }
+        }
         libc::execvpe(argv[0], argv.as_ptr(), envp.as_ptr());
         fail(report)
     }

@@ -30,7 +30,9 @@ use signal_hook::{
 
 use crate::{
     cgroup::{self, RunCgroup},
-    exit, spawn,
+    exit,
+    identity::Identity,
+    spawn,
 };
 
 /// Signals the wrapper passes on to the command.
@@ -57,19 +59,23 @@ impl Forwarding {
     }
 }
 
-/// Runs `command` inside `cgroup` and returns the exit status the wrapper
-/// should mirror.
+/// Runs `command` inside `cgroup`, as `identity` if given, calls `started`
+/// once it runs and before any signal is forwarded, and returns the exit
+/// status the wrapper should mirror.
 pub fn run(
     command: &[OsString],
     env: &[(&str, &OsStr)],
+    identity: Option<&Identity>,
     cgroup: &RunCgroup,
     forwarding: Forwarding,
     leftovers: &Leftovers,
+    started: impl FnOnce() -> Result<()>,
 ) -> Result<i32> {
-    let child = match spawn::spawn_in_cgroup(command, env, cgroup.dir()) {
+    let child = match spawn::spawn_in_cgroup(command, env, cgroup.dir(), identity) {
         Ok(child) => child,
         Err(e) => return Ok(exec_failure(&command[0], &e)),
     };
+    started()?;
 
     let exited = Arc::new(Mutex::new(false));
     let handle = forwarding.signals.handle();

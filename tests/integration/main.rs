@@ -9,6 +9,7 @@ mod networks;
 #[allow(dead_code)]
 #[path = "../../xtask/src/netlab.rs"]
 mod netlab;
+mod privileges;
 // What the tests and the soak read from /proc about runs.
 #[path = "../../xtask/src/procfs.rs"]
 mod procfs;

@@ -11,6 +11,9 @@ mod bench;
 #[path = "../../src/cli.rs"]
 mod cli;
 mod demo;
+#[allow(dead_code)]
+#[path = "../../src/identity.rs"]
+mod identity;
 // Shared with the integration tests, which use the upload side too.
 #[allow(dead_code)]
 mod netlab;

@@ -1,0 +1,300 @@
+//! Issue 13, least privilege: `--user`, what the wrapper keeps once the
+//! command runs, and a run without root, with the file capabilities and the
+//! delegated cgroup an installed throttle has.
+
+use std::{
+    fs,
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+    time::Duration,
+};
+
+use crate::harness::{
+    self, MIB, Netns, THROTTLE, TestUser, assert_clean, assert_ratio, cgroup_mount, measure_stdout,
+    throttle,
+};
+
+const BOUND: Duration = Duration::from_secs(30);
+
+/// Capability numbers, as /proc/PID/status shows them (bit N of a mask).
+const CAP_DAC_OVERRIDE: u32 = 1;
+const CAP_KILL: u32 = 5;
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_BPF: u32 = 39;
+
+fn mask(caps: &[u32]) -> u64 {
+    caps.iter().fold(0, |m, cap| m | 1 << cap)
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    harness::wait_with_timeout(child, BOUND)
+}
+
+/// The masks of every `field:` line (CapEff, CapPrm, …) in `status` text.
+fn masks(status: &str, field: &str) -> Vec<u64> {
+    status
+        .lines()
+        .filter_map(|l| l.strip_prefix(field))
+        .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+        .collect()
+}
+
+/// Prints the command's own status, then its parent's (the wrapper's)
+/// status for each of its threads, after a line `--`.
+const SHOW_CAPS: &str = "cat /proc/self/status; echo --; cat /proc/$PPID/task/*/status";
+
+/// Asserts the command holds no capability and every thread of the
+/// wrapper holds at most `allowed`; `output` is SHOW_CAPS's.
+fn assert_caps(output: &Output, allowed: u64) {
+    let text = String::from_utf8_lossy(&output.stdout);
+    let (command, wrapper) = text.split_once("\n--\n").expect("no wrapper status");
+    for field in ["CapPrm:", "CapEff:", "CapAmb:", "CapInh:"] {
+        assert_eq!(
+            masks(command, field),
+            [0],
+            "the command's {field}\n{command}"
+        );
+    }
+    let threads = masks(wrapper, "CapEff:");
+    assert!(!threads.is_empty(), "no wrapper thread seen:\n{wrapper}");
+    for field in ["CapPrm:", "CapEff:"] {
+        for held in masks(wrapper, field) {
+            assert_eq!(
+                held & !allowed,
+                0,
+                "a wrapper thread's {field} holds {:#x} beyond {allowed:#x}",
+                held & !allowed
+            );
+        }
+    }
+}
+
+#[test]
+fn user_runs_the_command_as_that_user_without_capabilities() {
+    let Some(_serial) = harness::start("user_runs_the_command_as_that_user_without_capabilities")
+    else {
+        return;
+    };
+    let user = TestUser::create("u");
+    let output = run(throttle().args([
+        "--user",
+        &user.name,
+        "--down",
+        "1M",
+        "--name",
+        "t-user",
+        "--",
+        "sh",
+        "-c",
+        &format!("id -u; id -g; echo \"$HOME $USER $LOGNAME\"; {SHOW_CAPS}"),
+    ]));
+    assert!(output.status.success(), "{}", harness::stderr(&output));
+    let text = String::from_utf8_lossy(&output.stdout);
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some(user.uid.to_string().as_str()));
+    assert_eq!(lines.next(), Some(user.gid.to_string().as_str()));
+    let home = nix::unistd::User::from_name(&user.name)
+        .unwrap()
+        .unwrap()
+        .dir;
+    let names = format!("{} {} {}", home.display(), user.name, user.name);
+    assert_eq!(lines.next(), Some(names.as_str()));
+    assert_caps(
+        &output,
+        mask(&[CAP_DAC_OVERRIDE, CAP_KILL, CAP_NET_ADMIN, CAP_BPF]),
+    );
+    assert_clean("t-user");
+}
+
+#[test]
+fn an_unknown_user_is_refused_in_one_line() {
+    let Some(_serial) = harness::start("an_unknown_user_is_refused_in_one_line") else {
+        return;
+    };
+    let output = run(throttle().args([
+        "--user",
+        "no-such-user-13",
+        "--name",
+        "t-nouser",
+        "--",
+        "true",
+    ]));
+    assert_eq!(output.status.code(), Some(2));
+    let err = harness::stderr(&output);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("'no-such-user-13'") && err.contains("expected a user name or uid"),
+        "{err}"
+    );
+    assert_clean("t-nouser");
+}
+
+/// The wrapper of a root run keeps CAP_BPF, CAP_NET_ADMIN, CAP_KILL and
+/// CAP_DAC_OVERRIDE once the command runs, in every thread.
+#[test]
+fn a_root_wrapper_keeps_only_what_serving_and_teardown_need() {
+    let Some(_serial) = harness::start("a_root_wrapper_keeps_only_what_serving_and_teardown_need")
+    else {
+        return;
+    };
+    let output = run(throttle().args([
+        "--down", "1M", "--name", "t-keep", "--", "sh", "-c", SHOW_CAPS,
+    ]));
+    assert!(output.status.success(), "{}", harness::stderr(&output));
+    let text = String::from_utf8_lossy(&output.stdout);
+    let threads = text.matches("Name:").count() - 1;
+    assert!(
+        threads >= 3,
+        "main, control and signals threads expected:\n{text}"
+    );
+    let (_, wrapper) = text.split_once("\n--\n").unwrap();
+    let allowed = mask(&[CAP_DAC_OVERRIDE, CAP_KILL, CAP_NET_ADMIN, CAP_BPF]);
+    for held in masks(wrapper, "CapEff:") {
+        assert_eq!(held & !allowed, 0, "{held:#x}");
+    }
+    assert_clean("t-keep");
+}
+
+/// A copy of the binary with file capabilities, and a cgroup delegated to a
+/// test user with a shell of theirs in it, as an installed throttle and a
+/// login session have them; all removed afterwards.
+struct Unprivileged {
+    user: TestUser,
+    dir: PathBuf,
+    cgroup: PathBuf,
+}
+
+impl Unprivileged {
+    fn new() -> Unprivileged {
+        let user = TestUser::create("np");
+        let dir = PathBuf::from(format!("/tmp/throttle-np-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        fs::copy(THROTTLE, dir.join("throttle")).unwrap();
+        let cgroup = cgroup_mount().join(format!("throttle-np-{}", std::process::id()));
+        let _ = fs::remove_dir(&cgroup);
+        fs::create_dir(&cgroup).unwrap();
+        for file in [
+            "",
+            "cgroup.procs",
+            "cgroup.threads",
+            "cgroup.subtree_control",
+        ] {
+            nix::unistd::chown(
+                &cgroup.join(file),
+                Some(nix::unistd::Uid::from_raw(user.uid)),
+                Some(nix::unistd::Gid::from_raw(user.gid)),
+            )
+            .unwrap();
+        }
+        Unprivileged { user, dir, cgroup }
+    }
+
+    fn setcap(&self, caps: &str) {
+        let status = Command::new("setcap")
+            .arg(format!("{caps}+ep"))
+            .arg(self.dir.join("throttle"))
+            .status()
+            .expect("setcap (libcap2-bin) is missing");
+        assert!(status.success(), "setcap {caps} failed");
+    }
+
+    /// `throttle ARGS` as the user, from a shell in the delegated cgroup.
+    fn throttle(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("sh");
+        cmd.args([
+            "-c",
+            r#"echo $$ > "$1/cgroup.procs" && shift && exec "$@""#,
+            "sh",
+        ])
+        .arg(&self.cgroup)
+        .args([
+            "setpriv",
+            "--reuid",
+            &self.user.name,
+            "--regid",
+            &self.user.name,
+        ])
+        .args(["--clear-groups", "--inh-caps=-all"])
+        .arg(self.dir.join("throttle"))
+        .args(args)
+        .env_remove("XDG_RUNTIME_DIR");
+        cmd
+    }
+
+    fn cgroup(&self) -> &Path {
+        &self.cgroup
+    }
+}
+
+impl Drop for Unprivileged {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+        let _ = fs::remove_dir(&self.cgroup);
+        // The user's runtime directory, without XDG_RUNTIME_DIR.
+        let _ =
+            fs::remove_dir_all(std::env::temp_dir().join(format!("throttle-{}", self.user.uid)));
+    }
+}
+
+/// With CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN on the binary and a cgroup
+/// of their own, an ordinary user's run holds its limit; the command holds
+/// no capability, the wrapper keeps CAP_BPF and CAP_NET_ADMIN alone. One
+/// capability short, the run is refused naming it and the setcap that
+/// fixes it, not with a verifier log.
+#[test]
+fn without_root_three_capabilities_and_a_delegated_cgroup_suffice() {
+    let Some(_serial) =
+        harness::start("without_root_three_capabilities_and_a_delegated_cgroup_suffice")
+    else {
+        return;
+    };
+    let np = Unprivileged::new();
+    np.setcap("cap_bpf,cap_net_admin");
+    let output = run(&mut np.throttle(&["--down", "1M", "--name", "t-np", "--", "true"]));
+    let err = harness::stderr(&output);
+    assert_eq!(output.status.code(), Some(125), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("missing capability CAP_PERFMON")
+            && err.contains("setcap cap_bpf,cap_perfmon,cap_net_admin+ep"),
+        "{err}"
+    );
+    assert!(!err.contains("verification time"), "a verifier log: {err}");
+
+    np.setcap("cap_bpf,cap_perfmon,cap_net_admin");
+    let output = run(&mut np.throttle(&[
+        "--down", "1M", "--name", "t-np", "--", "sh", "-c", SHOW_CAPS,
+    ]));
+    assert!(output.status.success(), "{}", harness::stderr(&output));
+    assert_caps(&output, mask(&[CAP_NET_ADMIN, CAP_BPF]));
+    assert!(
+        !np.cgroup().join("t-np").exists(),
+        "the run's cgroup was left in {}",
+        np.cgroup().display()
+    );
+
+    let netns = Netns::new();
+    let server = netns.serve();
+    let mut download = np.throttle(&[
+        "--down", "1M", "--name", "t-np", "--", "curl", "-sS", "--fail",
+    ]);
+    download.arg(format!("{}/{}", server.url, 6 * MIB));
+    let (samples, output) = measure_stdout(&mut download, BOUND);
+    assert!(output.status.success(), "{}", harness::stderr(&output));
+    assert_ratio(
+        "a download without root at --down 1M",
+        samples.steady_rate(Duration::from_secs(1), Duration::from_secs(4)),
+        MIB,
+        0.90,
+        1.05,
+    );
+    assert_clean("t-np");
+}
