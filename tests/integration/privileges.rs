@@ -171,14 +171,15 @@ struct Unprivileged {
 }
 
 impl Unprivileged {
-    fn new() -> Unprivileged {
-        let user = TestUser::create("np");
-        let dir = PathBuf::from(format!("/tmp/throttle-np-{}", std::process::id()));
+    /// `role` tells a test's users apart, as [`TestUser::create`]'s.
+    fn new(role: &str) -> Unprivileged {
+        let user = TestUser::create(role);
+        let dir = PathBuf::from(format!("/tmp/throttle-{role}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir(&dir).unwrap();
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
         fs::copy(THROTTLE, dir.join("throttle")).unwrap();
-        let cgroup = cgroup_mount().join(format!("throttle-np-{}", std::process::id()));
+        let cgroup = cgroup_mount().join(format!("throttle-{role}-{}", std::process::id()));
         let _ = fs::remove_dir(&cgroup);
         fs::create_dir(&cgroup).unwrap();
         for file in [
@@ -256,7 +257,7 @@ fn without_root_three_capabilities_and_a_delegated_cgroup_suffice() {
     else {
         return;
     };
-    let np = Unprivileged::new();
+    let np = Unprivileged::new("np");
     np.setcap("cap_bpf,cap_net_admin");
     let output = run(&mut np.throttle(&["--down", "1M", "--name", "t-np", "--", "true"]));
     let err = harness::stderr(&output);
@@ -297,4 +298,115 @@ fn without_root_three_capabilities_and_a_delegated_cgroup_suffice() {
         1.05,
     );
     assert_clean("t-np");
+}
+
+/// Two ordinary users, each with their own runs: B cannot list, read,
+/// change or stop A's run, B's run of the same name goes ahead apart from
+/// it, and B's `throttle cleanup` leaves A's run alone.
+#[test]
+fn ordinary_users_cannot_reach_each_others_runs() {
+    let Some(_serial) = harness::start("ordinary_users_cannot_reach_each_others_runs") else {
+        return;
+    };
+    let (a, b) = (Unprivileged::new("ia"), Unprivileged::new("ib"));
+    for user in [&a, &b] {
+        user.setcap("cap_bpf,cap_perfmon,cap_net_admin");
+    }
+    let mut a_run = a.throttle(&["--down", "1M", "--name", "t-same", "--", "sleep", "20"]);
+    let a_run = harness::RunGuard(Some(a_run.spawn().unwrap()));
+    let a_socket = std::env::temp_dir().join(format!("throttle-{}/t-same.sock", a.user.uid));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !a_socket.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no socket at {}",
+            a_socket.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let b_throttle = |args: &[&str]| run(&mut b.throttle(args));
+    let listed = b_throttle(&["list"]);
+    assert!(
+        !String::from_utf8_lossy(&listed.stdout).contains("t-same"),
+        "B lists A's run: {}",
+        String::from_utf8_lossy(&listed.stdout)
+    );
+    for args in [&["stats", "t-same"][..], &["set", "t-same", "--down", "2M"]] {
+        let output = b_throttle(args);
+        assert_eq!(
+            output.status.code(),
+            Some(3),
+            "B's {args:?}: {}",
+            harness::stderr(&output)
+        );
+    }
+    let mut through_socket = b.throttle(&["stats"]);
+    through_socket.env("THROTTLE_SOCKET", &a_socket);
+    let output = run(&mut through_socket);
+    assert!(
+        !output.status.success(),
+        "B reached A's socket: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    // B's runtime directory holding a link named `throttle` to A's: B's
+    // run is refused, and nothing of A's changes.
+    let a_dir = a_socket.parent().unwrap().to_path_buf();
+    let b_runtime = std::env::temp_dir().join(format!("throttle-xdg-{}", b.user.uid));
+    let _ = fs::remove_dir_all(&b_runtime);
+    fs::create_dir(&b_runtime).unwrap();
+    std::os::unix::fs::symlink(&a_dir, b_runtime.join("throttle")).unwrap();
+    let owner = (
+        Some(nix::unistd::Uid::from_raw(b.user.uid)),
+        Some(nix::unistd::Gid::from_raw(b.user.gid)),
+    );
+    nix::unistd::chown(&b_runtime, owner.0, owner.1).unwrap();
+    std::os::unix::fs::lchown(
+        b_runtime.join("throttle"),
+        Some(b.user.uid),
+        Some(b.user.gid),
+    )
+    .unwrap();
+    let before = fs::read_dir(&a_dir).unwrap().count();
+    let mut hostile = b.throttle(&["--name", "t-same", "--", "true"]);
+    hostile.env("XDG_RUNTIME_DIR", &b_runtime);
+    let output = run(&mut hostile);
+    let _ = fs::remove_dir_all(&b_runtime);
+    assert!(
+        !output.status.success(),
+        "B ran through a link to A's directory"
+    );
+    assert_eq!(
+        fs::read_dir(&a_dir).unwrap().count(),
+        before,
+        "A's directory changed"
+    );
+    let same = b_throttle(&["--down", "1M", "--name", "t-same", "--", "true"]);
+    assert!(
+        same.status.success(),
+        "B's run of the same name: {}",
+        harness::stderr(&same)
+    );
+    let cleanup = b_throttle(&["cleanup"]);
+    assert!(
+        cleanup.status.success(),
+        "B's cleanup: {}",
+        harness::stderr(&cleanup)
+    );
+    assert!(
+        a.cgroup().join("t-same").exists(),
+        "A's run lost its cgroup"
+    );
+    let stats = run(&mut a.throttle(&["stats", "t-same"]));
+    assert!(
+        stats.status.success(),
+        "A's own stats after B's attempts: {}",
+        harness::stderr(&stats)
+    );
+    // SIGTERM reaches the command, whose death by it the wrapper mirrors.
+    assert_eq!(a_run.stop().code(), Some(128 + 15));
+    assert!(
+        !a.cgroup().join("t-same").exists(),
+        "A's run left its cgroup"
+    );
+    assert_clean("t-same");
 }
