@@ -77,6 +77,29 @@ pub fn own_cgroup(mount: &Path) -> Result<PathBuf> {
     Ok(mount.join(relative.trim_start_matches('/')))
 }
 
+/// The name of run `name`'s cgroup: the run's name for root's runs, and
+/// `name@UID` for the runs of user UID (sudo runs included), so runs of
+/// different users may share a name, as their runtime directories let
+/// them. `@` is not allowed in run names: no run of root's is named so.
+pub fn leaf(name: &str, owner: Uid) -> String {
+    if owner.is_root() {
+        name.to_string()
+    } else {
+        format!("{name}@{owner}")
+    }
+}
+
+/// The run name and owner a cgroup named `leaf` (see [`leaf`]) is for.
+pub fn run_of_leaf(leaf: &str) -> (&str, Uid) {
+    match leaf
+        .rsplit_once('@')
+        .map(|(name, uid)| (name, uid.parse::<u32>()))
+    {
+        Some((name, Ok(uid))) if uid != 0 => (name, Uid::from_raw(uid)),
+        _ => (leaf, Uid::from_raw(0)),
+    }
+}
+
 /// What a run without root needs when it may not create its cgroup.
 pub const NO_CGROUP: &str = "a run without root needs a cgroup of its own, delegated to you, that \
 your shell runs in: with systemd, start it as 'systemd-run --user --scope -p Delegate=yes \
@@ -131,9 +154,10 @@ pub fn check_delegation(mount: &Path, parent: &Path, owner: Uid) -> Result<()> {
 
 /// The cgroup a dead run's lock file names, if it can be one of throttle's
 /// runs: a plain absolute path strictly below the cgroup2 mount, whose last
-/// component is the run's name, and neither the mount nor the directory
-/// that gathers runs. Anything else is refused, so that no record, however
-/// it came to be written, makes the sweep kill what is not a run.
+/// component is `name`, the run's cgroup name ([`leaf`]), and neither the
+/// mount nor the directory that gathers runs. Anything else is refused, so
+/// that no record, however it came to be written, makes the sweep kill
+/// what is not a run.
 pub fn recorded_run(mount: &Path, recorded: &str, name: &str) -> Result<PathBuf> {
     let path = Path::new(recorded);
     let plain = path.is_absolute()
@@ -405,6 +429,11 @@ mod tests {
     fn runs_from_the_root_cgroup_are_gathered_under_one_directory() {
         let mount = Path::new("/sys/fs/cgroup/unified");
         assert_eq!(run_parent(mount, mount), mount.join("throttle"));
+        assert_eq!(leaf("build", Uid::from_raw(0)), "build");
+        assert_eq!(leaf("build", Uid::from_raw(1000)), "build@1000");
+        assert_eq!(run_of_leaf("build@1000"), ("build", Uid::from_raw(1000)));
+        assert_eq!(run_of_leaf("build"), ("build", Uid::from_raw(0)));
+        assert_eq!(run_of_leaf("a@b"), ("a@b", Uid::from_raw(0)));
         let nested = mount.join("throttle/outer");
         assert_eq!(run_parent(mount, &nested), nested);
         let service = mount.join("system.slice/ci.service");

@@ -90,7 +90,7 @@ impl Plan {
         let owner = rundir::owner();
         cgroup::check_delegation(&mount, &parent, owner.0)?;
         Ok(Plan {
-            cgroup: parent.join(&name),
+            cgroup: parent.join(cgroup::leaf(&name, owner.0)),
             name,
             command: args.command,
             limits,

@@ -206,6 +206,21 @@ impl RunDir {
         &self.path
     }
 
+    /// The user whose runs register here: root in /run/throttle, UID in
+    /// its `user-UID` directory below it, the user in their own.
+    pub fn runs_owner(&self) -> Uid {
+        match self.keeper {
+            Keeper::User(uid) => uid,
+            Keeper::Root => self
+                .path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_prefix(USER_DIR_PREFIX))
+                .and_then(|uid| uid.parse::<u32>().ok())
+                .map_or(Uid::from_raw(0), Uid::from_raw),
+        }
+    }
+
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }

@@ -119,9 +119,11 @@ fn remove_dead(dir: &RunDir, run: &mut DeadRun, mount: &Path) -> Result<()> {
         .with_context(|| format!("reading {}", shown.display()))
         .and_then(|record| match record.cgroup {
             None => Ok(None),
-            Some(recorded) => cgroup::recorded_run(mount, &recorded, &run.name)
-                .map(Some)
-                .with_context(|| format!("{} names cgroup '{recorded}'", shown.display())),
+            Some(recorded) => {
+                cgroup::recorded_run(mount, &recorded, &cgroup::leaf(&run.name, dir.runs_owner()))
+                    .map(Some)
+                    .with_context(|| format!("{} names cgroup '{recorded}'", shown.display()))
+            }
         });
     // A record that cannot be trusted names nothing to kill; the files of
     // the dead run are removed either way, so the warning is given once.
@@ -151,7 +153,10 @@ fn sweep_unregistered(dirs: &[RunDir], mount: &Path, sweep: &mut Sweep) {
         let Ok(name) = entry.file_name().into_string() else {
             continue;
         };
-        let registered = dirs.iter().any(|dir| dir.contains(&lock_file(&name)));
+        let (run, owner) = cgroup::run_of_leaf(&name);
+        let registered = dirs
+            .iter()
+            .any(|dir| dir.runs_owner() == owner && dir.contains(&lock_file(run)));
         if !entry.file_type().is_ok_and(|t| t.is_dir()) || registered {
             continue;
         }

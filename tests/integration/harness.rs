@@ -62,9 +62,15 @@ pub fn cgroup_mount() -> PathBuf {
     crate::procfs::cgroup_mount().expect("cgroup2 is not mounted")
 }
 
-/// The cgroup a top-level run named `name` uses (the tests run in the root cgroup).
+/// The cgroup a top-level run named `name` uses (the tests run in the root
+/// cgroup): `name`, or `name@UID` when the runs are a sudo user's.
 pub fn run_cgroup(name: &str) -> PathBuf {
-    cgroup_mount().join("throttle").join(name)
+    let sudo = std::env::var("SUDO_UID").ok().filter(|uid| uid != "0");
+    let leaf = match sudo {
+        Some(uid) => format!("{name}@{uid}"),
+        None => name.to_string(),
+    };
+    cgroup_mount().join("throttle").join(leaf)
 }
 
 /// Ids of the loaded BPF programs that are throttle's (all three kinds).

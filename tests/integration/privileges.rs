@@ -233,6 +233,11 @@ impl Unprivileged {
     fn cgroup(&self) -> &Path {
         &self.cgroup
     }
+
+    /// The cgroup of this user's run `name`: `name@UID` in theirs.
+    fn run_cgroup(&self, name: &str) -> PathBuf {
+        self.cgroup.join(format!("{name}@{}", self.user.uid))
+    }
 }
 
 impl Drop for Unprivileged {
@@ -277,7 +282,7 @@ fn without_root_three_capabilities_and_a_delegated_cgroup_suffice() {
     assert!(output.status.success(), "{}", harness::stderr(&output));
     assert_caps(&output, mask(&[CAP_NET_ADMIN, CAP_BPF]));
     assert!(
-        !np.cgroup().join("t-np").exists(),
+        !np.run_cgroup("t-np").exists(),
         "the run's cgroup was left in {}",
         np.cgroup().display()
     );
@@ -393,7 +398,7 @@ fn ordinary_users_cannot_reach_each_others_runs() {
         harness::stderr(&cleanup)
     );
     assert!(
-        a.cgroup().join("t-same").exists(),
+        a.run_cgroup("t-same").exists(),
         "A's run lost its cgroup"
     );
     let stats = run(&mut a.throttle(&["stats", "t-same"]));
@@ -405,7 +410,7 @@ fn ordinary_users_cannot_reach_each_others_runs() {
     // SIGTERM reaches the command, whose death by it the wrapper mirrors.
     assert_eq!(a_run.stop().code(), Some(128 + 15));
     assert!(
-        !a.cgroup().join("t-same").exists(),
+        !a.run_cgroup("t-same").exists(),
         "A's run left its cgroup"
     );
     assert_clean("t-same");

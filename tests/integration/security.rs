@@ -476,7 +476,33 @@ fn a_sudo_run_is_its_owners_and_no_one_elses() {
         "{}",
         harness::stderr(&output)
     );
+    // B's own sudo run of the same name goes ahead beside A's, in a cgroup
+    // of its own.
+    let a_cgroup = cgroup_mount().join(format!("throttle/t-owned@{}", a.uid));
+    assert!(a_cgroup.exists(), "{} missing", a_cgroup.display());
+    let output = run_bounded(
+        throttle()
+            .args([
+                "--name",
+                "t-owned",
+                "--",
+                "sh",
+                "-c",
+                "cat /proc/self/cgroup",
+            ])
+            .env("SUDO_UID", b.uid.to_string())
+            .env("SUDO_GID", b.gid.to_string()),
+    );
+    ok("B's sudo run of the same name", &output);
+    let own = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        own.trim_end()
+            .ends_with(&format!("/throttle/t-owned@{}", b.uid)),
+        "{own}"
+    );
+    assert!(a_cgroup.exists(), "B's run took A's cgroup");
     run.stop();
+    assert!(!a_cgroup.exists(), "{} was left behind", a_cgroup.display());
     assert_clean_in(&format!("/run/throttle/user-{}", a.uid), &["t-owned"]);
 }
 
