@@ -397,10 +397,7 @@ fn ordinary_users_cannot_reach_each_others_runs() {
         "B's cleanup: {}",
         harness::stderr(&cleanup)
     );
-    assert!(
-        a.run_cgroup("t-same").exists(),
-        "A's run lost its cgroup"
-    );
+    assert!(a.run_cgroup("t-same").exists(), "A's run lost its cgroup");
     let stats = run(&mut a.throttle(&["stats", "t-same"]));
     assert!(
         stats.status.success(),
@@ -409,9 +406,6 @@ fn ordinary_users_cannot_reach_each_others_runs() {
     );
     // SIGTERM reaches the command, whose death by it the wrapper mirrors.
     assert_eq!(a_run.stop().code(), Some(128 + 15));
-    assert!(
-        !a.run_cgroup("t-same").exists(),
-        "A's run left its cgroup"
-    );
+    assert!(!a.run_cgroup("t-same").exists(), "A's run left its cgroup");
     assert_clean("t-same");
 }
