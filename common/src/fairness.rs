@@ -64,17 +64,20 @@ pub fn police_fairly(tat: u64, own: u64, now: u64, len: u64, limit: &Limit, shar
     // but those already ahead of it get only half of that: the rest is
     // kept for connections behind, such as one whose segments were all
     // dropped and whose retransmission comes after a timeout, which
-    // otherwise found the debt taken by the others every time. A
-    // connection with the whole limit for its share has nobody to be fair
-    // to and gets none: debt only let a lone upload at 8 KiB/s pass 1.18 of
-    // the limit.
+    // otherwise found the debt taken by the others every time.
+    //
+    // With the whole limit for its share, a connection is alone as far as
+    // the counts know: a burst of debt only let a lone upload at 8 KiB/s
+    // pass 1.18 of the limit. It gets none when ahead, and when behind
+    // just this packet's worth: enough for a connection the counts have
+    // not seen yet (all its segments dropped) to get one through; without
+    // it such uploads were aborted by the kernel again.
     let tolerance = transmit_ns(limit.burst, limit.rate);
-    let debt = if share >= limit.rate {
-        0
-    } else if own <= now {
-        tolerance
-    } else {
-        tolerance / 2
+    let debt = match (share < limit.rate, own <= now) {
+        (true, true) => tolerance,
+        (true, false) => tolerance / 2,
+        (false, true) => transmit_ns(len, limit.rate),
+        (false, false) => 0,
     };
     let debt_limit = now.saturating_add(tolerance).saturating_add(debt);
     let run = match step {
@@ -149,18 +152,31 @@ mod tests {
         assert_eq!(v.run, Step::Drop);
     }
 
-    /// A connection alone (its share the whole limit) is policed as the
-    /// run is: no debt, nobody to be fair to.
+    /// A connection alone (its share the whole limit) gets no debt ahead
+    /// of its share, and only its packet's worth behind it.
     #[test]
-    fn a_lone_connection_gets_no_debt() {
+    fn a_lone_connection_gets_at_most_a_packet_of_debt() {
         let lim = limit(8 * KIB);
         let now = 10 * NSEC_PER_SEC;
         let over = now + transmit_ns(lim.burst, lim.rate) + 1;
-        for own in [now + 1, now] {
-            let v = police_fairly(over, own, now, 100, &lim, lim.rate);
-            assert_eq!(v.run, Step::Drop);
-            // Sharing, it may pass on debt.
-            let v = police_fairly(over, own, now, 100, &lim, lim.rate / 2);
+        let ahead = now + 1;
+        assert_eq!(
+            police_fairly(over, ahead, now, 100, &lim, lim.rate).run,
+            Step::Drop
+        );
+        assert!(
+            police_fairly(over, now, now, 100, &lim, lim.rate)
+                .run
+                .passes()
+        );
+        let deeper = over + transmit_ns(100, lim.rate);
+        assert_eq!(
+            police_fairly(deeper, now, now, 100, &lim, lim.rate).run,
+            Step::Drop
+        );
+        // Sharing, it may go deeper.
+        for own in [ahead, now] {
+            let v = police_fairly(deeper, own, now, 100, &lim, lim.rate / 2);
             assert!(v.run.passes());
         }
     }
