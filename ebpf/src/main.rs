@@ -30,7 +30,7 @@ use aya_ebpf::{
 };
 use throttle_common::{
     Counters, DIRECTIONS, DOWN, Limit, UP,
-    fairness::{NEW_CONNECTION, police_fairly},
+    fairness::{NEW_CONNECTION, Sender, police_fairly},
     networks::{MAX_NETWORKS, SCOPE_EVERYTHING, limited, mapped_words},
     packet::{IPPROTO_TCP, ip_header_len, layout, tcp_without_payload},
     policer::{Step, police, transmit_ns},
@@ -391,7 +391,13 @@ fn admit(ctx: &SkBuffContext, direction: u32) -> bool {
             } else {
                 FLOWS.get(0).copied().unwrap_or(0)
             };
-            let verdict = police_fairly(tat, own, now, len, limit, share(limit.rate, flows));
+            let sender = if direction == DOWN {
+                Sender::Remote
+            } else {
+                Sender::Local
+            };
+            let verdict =
+                police_fairly(sender, tat, own, now, len, limit, share(limit.rate, flows));
             if verdict.connection != own {
                 let _ = FAIR.insert(&key, &verdict.connection, 0);
             }
