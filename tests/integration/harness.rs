@@ -3,7 +3,7 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::{Command, Output},
+    process::{Command, Output, Stdio},
     sync::{Mutex, MutexGuard},
     thread,
     time::{Duration, Instant},
@@ -43,6 +43,17 @@ static BASELINE: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 
 pub fn throttle() -> Command {
     Command::new(THROTTLE)
+}
+
+/// Runs `cmd` with its output captured, stopping it after `bound`: no
+/// command a test starts may hang it.
+pub fn output_within(cmd: &mut Command, bound: Duration) -> Output {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_with_timeout(child, bound)
 }
 
 /// Asserts `ratio` of a measured rate to its limit is within `[low, high]`.

@@ -6,7 +6,7 @@ use std::{
     fs,
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
-    process::{Command, Output, Stdio},
+    process::{Command, Output},
     time::Duration,
 };
 
@@ -28,12 +28,7 @@ fn mask(caps: &[u32]) -> u64 {
 }
 
 fn run(cmd: &mut Command) -> Output {
-    let child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    harness::wait_with_timeout(child, BOUND)
+    harness::output_within(cmd, BOUND)
 }
 
 /// The masks of every `field:` line (CapEff, CapPrm, …) in `status` text.

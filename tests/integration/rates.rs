@@ -1,6 +1,6 @@
 //! Limits hold on real TCP transfers between the host and a namespace.
 
-use std::{io::Write as _, process::Stdio, time::Duration};
+use std::{io::Write as _, time::Duration};
 
 use crate::harness::{
     self, MIB, Netns, Samples, assert_clean, assert_ratio, measure_file_growth, measure_stdout,
@@ -421,6 +421,12 @@ fn a_download_at_one_kib_per_second_holds_over_thirty_seconds() {
     assert_clean("t-1k");
 }
 
+/// The lab server's address and port, for scripts that connect on their own.
+fn host_and_port(server: &Server) -> (&str, &str) {
+    let address = server.url.trim_start_matches("http://");
+    address.rsplit_once(':').unwrap()
+}
+
 /// Two downloads, each read as it arrives; prints `a|b SECONDS BYTES` per
 /// read (seconds since both requests went out, bytes so far), and ends when
 /// `a` does.
@@ -464,8 +470,7 @@ fn an_idle_connection_hands_its_share_on_within_half_a_second() {
     };
     let netns = Netns::new();
     let server = netns.serve();
-    let address = server.url.trim_start_matches("http://");
-    let (host, port) = address.rsplit_once(':').unwrap();
+    let (host, port) = host_and_port(&server);
     let mut cmd = throttle();
     cmd.args([
         "--down",
@@ -480,13 +485,7 @@ fn an_idle_connection_hands_its_share_on_within_half_a_second() {
     .args([host, port])
     .arg(format!("/{}", 6 * MIB))
     .arg(format!("/{}?stall=20", 3 * MIB / 2));
-    let output = harness::wait_with_timeout(
-        cmd.stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-        TIMEOUT,
-    );
+    let output = harness::output_within(&mut cmd, TIMEOUT);
     assert!(output.status.success(), "{}", harness::stderr(&output));
     let (mut a, mut b) = (Vec::new(), Vec::new());
     for line in String::from_utf8_lossy(&output.stdout).lines() {
@@ -567,18 +566,11 @@ print(" ".join(str(moved[s]) for s in socks))
 fn eight_connections_at_8k(name: &str, mode: &str) -> Vec<u64> {
     let netns = Netns::new();
     let server = netns.serve();
-    let address = server.url.trim_start_matches("http://");
-    let (host, port) = address.rsplit_once(':').unwrap();
+    let (host, port) = host_and_port(&server);
     let mut cmd = throttle();
     cmd.args([&format!("--{mode}"), "8K", "--name", name, "--"])
         .args(["python3", "-c", EIGHT_CONNECTIONS, host, port, mode, "12"]);
-    let output = harness::wait_with_timeout(
-        cmd.stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-        TIMEOUT,
-    );
+    let output = harness::output_within(&mut cmd, TIMEOUT);
     assert!(output.status.success(), "{}", harness::stderr(&output));
     let moved = String::from_utf8_lossy(&output.stdout)
         .split_whitespace()

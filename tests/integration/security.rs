@@ -21,12 +21,7 @@ use crate::harness::{
 const BOUND: Duration = Duration::from_secs(30);
 
 fn run_bounded(cmd: &mut Command) -> Output {
-    let child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_with_timeout(child, BOUND)
+    harness::output_within(cmd, BOUND)
 }
 
 fn ok(what: &str, output: &Output) {
