@@ -2,7 +2,7 @@
 //! named instead of surfacing as an EPERM, or a verifier log, from deep
 //! inside a BPF call; and giving them up once they have done their work.
 
-use std::fs;
+use std::{fs, sync::OnceLock};
 
 use anyhow::{Result, anyhow, bail};
 use caps::{CapSet, Capability, CapsHashSet};
@@ -53,13 +53,17 @@ pub fn required() -> &'static [Requirement] {
     }
 }
 
-/// The running kernel's (major, minor); (0, 0) if unreadable.
+/// The running kernel's (major, minor); (0, 0) if unreadable. Read once:
+/// the preflight, the errors and the drop after start all ask.
 pub fn kernel_version() -> (u32, u32) {
-    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let mut numbers = release
-        .split(|c: char| !c.is_ascii_digit())
-        .filter_map(|n| n.parse::<u32>().ok());
-    (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0))
+    static VERSION: OnceLock<(u32, u32)> = OnceLock::new();
+    *VERSION.get_or_init(|| {
+        let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        let mut numbers = release
+            .split(|c: char| !c.is_ascii_digit())
+            .filter_map(|n| n.parse::<u32>().ok());
+        (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0))
+    })
 }
 
 /// The required capabilities' names, joined: "CAP_BPF, CAP_PERFMON and
@@ -86,16 +90,19 @@ pub fn fix() -> String {
     )
 }
 
+/// Whether the calling thread has `cap` in effect.
+fn effective(cap: Capability) -> bool {
+    caps::has_cap(None, CapSet::Effective, cap).unwrap_or(false)
+}
+
 /// Whether the process holds `requirement`'s capability.
 pub fn holds(requirement: &Requirement) -> bool {
-    caps::has_cap(None, CapSet::Effective, requirement.cap).unwrap_or(false)
+    effective(requirement.cap)
 }
 
 /// Whether the process may start the command as another user (`--user`).
 pub fn can_switch_user() -> bool {
-    [Capability::CAP_SETUID, Capability::CAP_SETGID]
-        .iter()
-        .all(|cap| caps::has_cap(None, CapSet::Effective, *cap).unwrap_or(false))
+    effective(Capability::CAP_SETUID) && effective(Capability::CAP_SETGID)
 }
 
 /// The names of the required capabilities this process lacks, joined.
