@@ -289,7 +289,7 @@ fn tune(ctx: &SockOpsContext, now: u64, limited: bool) {
         } else {
             transmit_ns(down.burst, down_rate)
         };
-        let flows = receiving(now);
+        let flows = receiving(now, down.rate);
         let mut window = receive_window(
             share(down_rate, flows),
             window_rtt((*ctx.ops).srtt_us, flows),
@@ -323,15 +323,16 @@ fn first_share(now: u64, limited: bool) -> u64 {
     if TUNING.get(0).copied().unwrap_or(0) == 0 {
         return 0;
     }
-    let rate = down_rate() * u64::from(limited);
-    share(rate, receiving(now) + 1)
+    let limit = down_rate();
+    share(limit * u64::from(limited), receiving(now, limit) + 1)
 }
 
-/// How many download connections are receiving data now.
+/// How many download connections are receiving data now, under a
+/// download limit of `rate` (which sets the tally's period).
 #[inline(always)]
-fn receiving(now: u64) -> u64 {
+fn receiving(now: u64, rate: u64) -> u64 {
     let tally = |slot| TALLIES.get(slot).copied().unwrap_or_default();
-    active_flows(now / period_ns(down_rate()), [tally(0), tally(1)])
+    active_flows(now / period_ns(rate), [tally(0), tally(1)])
 }
 
 /// The download limit's rate, 0 when unlimited.
@@ -387,7 +388,7 @@ fn admit(ctx: &SkBuffContext, direction: u32) -> bool {
             ];
             let own = FAIR.get(&key).copied().unwrap_or(NEW_CONNECTION);
             let flows = if direction == DOWN {
-                receiving(now)
+                receiving(now, limit.rate)
             } else {
                 FLOWS.get(0).copied().unwrap_or(0)
             };
