@@ -37,6 +37,9 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage_error(&e),
     };
+    if cli.action.is_some() {
+        end_quietly_when_the_reader_goes();
+    }
     let result = match cli.action {
         None => run(cli.run).map(|code| ExitCode::from(code as u8)),
         Some(Action::Doctor) => doctor::run(),
@@ -81,6 +84,17 @@ fn main() -> ExitCode {
         eprintln!("throttle: {e:#}");
         ExitCode::from(exit::FAILURE)
     })
+}
+
+/// The subcommands' reports are often piped into `head` or `grep -q`; like
+/// other Unix tools they then end at the next write, by SIGPIPE, instead of
+/// Rust's panic on the failed write. They hold nothing that needs undoing
+/// when they print (doctor removes its scratch cgroup before it reports on
+/// it). Never for a run: its wrapper must always come down through step 9.
+fn end_quietly_when_the_reader_goes() {
+    // SAFETY: main calls this before any thread exists, and SIG_DFL runs no
+    // handler code.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
 }
 
 /// Help and version go to stdout as clap renders them; errors become one line.

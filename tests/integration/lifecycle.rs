@@ -12,7 +12,10 @@ use nix::{
 };
 
 use crate::{
-    harness::{self, Netns, assert_clean, run_cgroup, throttle, wait_with_timeout},
+    harness::{
+        self, Netns, THROTTLE, assert_clean, output_within, run_cgroup, start, stderr, throttle,
+        wait_with_timeout,
+    },
     procfs::{alive, guard_of},
 };
 
@@ -390,4 +393,24 @@ fn kill_9_of_the_wrapper_ends_a_background_grandchild_at_once() {
     eprintln!("everything gone {:?} after kill -9", killed.elapsed());
     child.0 = None;
     assert_clean("t-kill9bg");
+}
+
+#[test]
+fn a_report_piped_into_a_reader_that_leaves_ends_quietly() {
+    let Some(_serial) = start("a_report_piped_into_a_reader_that_leaves_ends_quietly") else {
+        return;
+    };
+    // head leaves after the first line; doctor has more to print.
+    let output = output_within(
+        Command::new("sh").args([
+            "-c",
+            &format!("{THROTTLE} doctor | head -n 1 >/dev/null; exit 0"),
+        ]),
+        Duration::from_secs(60),
+    );
+    let stderr = stderr(&output);
+    assert!(
+        !stderr.contains("panicked"),
+        "doctor panicked when its reader left: {stderr}"
+    );
 }
