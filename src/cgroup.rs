@@ -101,10 +101,11 @@ pub fn run_of_leaf(leaf: &str) -> (&str, Uid) {
 }
 
 /// What a run without root needs when it may not create its cgroup.
-pub const NO_CGROUP: &str = "a run without root needs a cgroup of its own, delegated to you, that \
-your shell runs in: with systemd, start it as 'systemd-run --user --scope -p Delegate=yes \
-throttle ...'; without, see the README's 'Without root' for the one-time root step; or run \
-throttle as root (sudo)";
+pub const NO_CGROUP: &str = "a run without root needs a cgroup delegated to you: with systemd, \
+throttle gets one from your user manager, which a login through PAM starts (desktop, ssh, login) \
+and 'loginctl enable-linger' keeps running for jobs without a login; none answers here \
+($XDG_RUNTIME_DIR/systemd/private); without systemd, see the README's 'Without root' for the \
+one-time root step; or run throttle as root (sudo)";
 
 /// Where a run's cgroup goes. Inside another run (a nested throttle), it must
 /// be a child of that run's cgroup so the outer programs still see its

@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{bpf, cgroup, limits::Limits, privileges, rundir, sweep};
+use crate::{bpf, cgroup, limits::Limits, privileges, rundir, sweep, user_scope};
 
 struct Report {
     failures: usize,
@@ -28,6 +28,11 @@ impl Report {
 }
 
 pub fn run() -> Result<ExitCode> {
+    // Checked where a run would be: in a delegated scope if a run moves there.
+    if let Ok(mount) = cgroup::find_mount() {
+        let own = cgroup::own_cgroup(&mount)?;
+        user_scope::enter(&cgroup::run_parent(&mount, &own), &own)?;
+    }
     let mut report = Report { failures: 0 };
     report.check("kernel", kernel());
     for requirement in privileges::required() {
@@ -80,16 +85,23 @@ fn kernel() -> Result<String> {
 }
 
 fn run_parent(mount: &Path) -> Result<String> {
-    let parent = cgroup::runs_parent(mount)?;
-    let existing = parent.ancestors().find(|p| p.exists()).unwrap_or(mount);
-    nix::unistd::access(existing, nix::unistd::AccessFlags::W_OK).with_context(|| {
-        format!(
+    let own = cgroup::own_cgroup(mount)?;
+    let parent = cgroup::run_parent(mount, &own);
+    if !user_scope::writable(&parent) {
+        bail!(
             "{} is not writable; {}",
-            existing.display(),
+            parent.display(),
             cgroup::NO_CGROUP
+        );
+    }
+    Ok(if user_scope::entered(&own) {
+        format!(
+            "created under {}, a scope delegated by your systemd user manager",
+            parent.display()
         )
-    })?;
-    Ok(format!("created under {}", parent.display()))
+    } else {
+        format!("created under {}", parent.display())
+    })
 }
 
 fn cgroup_kill(mount: &Path) -> Result<String> {

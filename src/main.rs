@@ -20,6 +20,7 @@ mod spawn;
 mod stats;
 mod supervisor;
 mod sweep;
+mod user_scope;
 
 use std::process::ExitCode;
 

@@ -26,7 +26,7 @@ use crate::{
     rundir::{self, RunDir},
     stats,
     supervisor::{self, Forwarding, Leftovers},
-    sweep,
+    sweep, user_scope,
 };
 
 /// What a run will be, decided before anything is created.
@@ -83,7 +83,9 @@ impl Plan {
         }
         privileges::check()?;
         let mount = cgroup::find_mount()?;
-        let parent = cgroup::runs_parent(&mount)?;
+        let own = cgroup::own_cgroup(&mount)?;
+        let parent = cgroup::run_parent(&mount, &own);
+        user_scope::enter(&parent, &own)?;
         let name = args
             .name
             .unwrap_or_else(|| cli::default_name(&args.command[0], std::process::id()));
