@@ -24,6 +24,10 @@ APT_PACKAGES+=(libcap2-bin)
 # for depmod, busybox for its initramfs, a venv to install it in), and tini
 # to reap orphans in the guest, whose init does not.
 APT_PACKAGES+=(qemu-system-x86 kmod busybox-static tini python3-venv iputils-ping)
+# cargo xtask dist (musl's C toolchain for the static binary) and
+# install-test (mmdebstrap builds the Debian 12 system image, qemu-img its
+# throwaway overlays).
+APT_PACKAGES+=(musl-tools mmdebstrap qemu-utils)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -44,6 +48,11 @@ fi
 if ! rustup component list --toolchain nightly --installed | grep -q '^rust-src'; then
     log "adding rust-src to nightly"
     rustup component add rust-src --toolchain nightly
+fi
+
+if ! rustup target list --installed | grep -q '^x86_64-unknown-linux-musl$'; then
+    log "adding the x86_64-unknown-linux-musl target (cargo xtask dist)"
+    rustup target add x86_64-unknown-linux-musl
 fi
 
 # .ci/run holds the house rules with rustfmt and clippy.

@@ -1,5 +1,5 @@
 //! Build chores: `cargo xtask completions`, `cargo xtask man`,
-//! `cargo xtask demo` (the README's first command), `cargo xtask bench` and
+//! `cargo xtask demo` (the README's first command), `cargo xtask dist`, `cargo xtask bench` and
 //! `cargo xtask soak`.
 //!
 //! The CLI definition is compiled in from the binary's own source, so the
@@ -11,6 +11,7 @@ mod bench;
 #[path = "../../src/cli.rs"]
 mod cli;
 mod demo;
+mod dist;
 #[allow(dead_code)]
 #[path = "../../src/identity.rs"]
 mod identity;
@@ -22,6 +23,7 @@ mod procfs;
 mod report;
 mod rtt;
 mod soak;
+mod system_vm;
 mod vm;
 
 use std::{
@@ -55,6 +57,10 @@ enum Task {
         #[arg(long)]
         check: bool,
     },
+    /// Build the static binary and the Debian package into target/dist (see the README's "Install")
+    Dist,
+    /// Install the Debian package in a Debian 12 guest with systemd and use it as two ordinary users (needs root)
+    InstallTest,
     /// Download from a local server through `throttle --down 1M` and show the achieved rate (needs root)
     Demo,
     /// Measure throttle against trickle and no limiter; writes target/bench/report.md (needs root)
@@ -138,6 +144,8 @@ fn main() -> Result<()> {
         Task::Man { check: false } => write_man(&root.join(MAN_PAGE)),
         Task::Man { check: true } => check_man(&root.join(MAN_PAGE)),
         Task::Demo => demo::run(&root),
+        Task::Dist => dist::run(&root).map(|_| ()),
+        Task::InstallTest => system_vm::test(&root),
         Task::Bench {
             quick,
             throttle,
