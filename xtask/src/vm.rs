@@ -215,7 +215,7 @@ pub fn run(
 }
 
 /// A fresh directory for one guest's script, output and status.
-fn tempdir() -> Result<PathBuf> {
+pub fn tempdir() -> Result<PathBuf> {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
