@@ -9,6 +9,7 @@ use std::{
     fs,
     io::{BufRead as _, BufReader, Read, Write as _},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd as _,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     sync::{
@@ -161,6 +162,8 @@ fn serve(netns: Option<PathBuf>, peer: IpAddr) -> Server {
     let (tx, rx) = std::sync::mpsc::channel();
     let uploads = Arc::new(Mutex::new(Vec::new()));
     let recorded = Arc::clone(&uploads);
+    let delivered = Arc::new(Delivered::default());
+    let sending = Arc::clone(&delivered);
     thread::spawn(move || {
         // setns moves only this thread; sockets it creates live in the namespace.
         if let Some(path) = netns {
@@ -172,7 +175,8 @@ fn serve(netns: Option<PathBuf>, peer: IpAddr) -> Server {
         tx.send(listener.local_addr().unwrap().port()).unwrap();
         for stream in listener.incoming().flatten() {
             let recorded = Arc::clone(&recorded);
-            thread::spawn(move || serve_one(stream, &recorded));
+            let sending = Arc::clone(&sending);
+            thread::spawn(move || serve_one(stream, &recorded, &sending));
         }
     });
     let port = rx
@@ -181,6 +185,7 @@ fn serve(netns: Option<PathBuf>, peer: IpAddr) -> Server {
     Server {
         url: format!("http://{}", SocketAddr::new(peer, port)),
         uploads,
+        delivered,
     }
 }
 
@@ -226,13 +231,91 @@ impl Drop for Netns {
     }
 }
 
-/// The server's address and what it recorded of uploads.
+/// The server's address and what it recorded of uploads and downloads.
 pub struct Server {
     pub url: String,
     uploads: Arc<Mutex<Vec<Samples>>>,
+    delivered: Arc<Delivered>,
+}
+
+/// The bytes the server's responses have had acknowledged by the client's
+/// TCP (`tcpi_bytes_acked`): what a download delivered, to the byte however
+/// the client stores it (and one more per closed connection: the FIN takes a
+/// sequence number). (A file's allocated blocks, the other way to watch
+/// a download, move in 4 KiB steps per connection: ±32 KiB for aria2c's
+/// eight, more than a ten-second window at 8 KiB/s holds.)
+#[derive(Default)]
+struct Delivered(Mutex<Responses>);
+
+#[derive(Default)]
+struct Responses {
+    /// The sockets of responses whose connection is still open.
+    open: Vec<TcpStream>,
+    /// What the closed ones had acknowledged in all.
+    closed: u64,
+}
+
+impl Delivered {
+    fn add(&self, stream: &TcpStream) {
+        if let Ok(clone) = stream.try_clone() {
+            let mut responses = self.0.lock().unwrap();
+            responses.prune();
+            responses.open.push(clone);
+        }
+    }
+
+    fn total(&self) -> u64 {
+        let mut responses = self.0.lock().unwrap();
+        responses.prune();
+        responses.closed + responses.open.iter().map(|s| tcp_info(s).0).sum::<u64>()
+    }
+}
+
+impl Responses {
+    /// Moves closed connections' counts into `closed`, closing the sockets
+    /// held for them.
+    fn prune(&mut self) {
+        let mut closed = 0;
+        self.open.retain(|stream| {
+            let (acked, open) = tcp_info(stream);
+            closed += if open { 0 } else { acked };
+            open
+        });
+        self.closed += closed;
+    }
+}
+
+/// A TCP socket's acknowledged bytes, and whether its connection is still
+/// open (not in TCP_CLOSE, which it reaches once both ends have closed or
+/// the peer reset it).
+fn tcp_info(stream: &TcpStream) -> (u64, bool) {
+    const TCP_CLOSE: u8 = 7;
+    // SAFETY: tcp_info is plain data, valid zeroed.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: the fd is the stream's, open while it is borrowed; the kernel
+    // writes at most `len` bytes into `info` and sets `len` to what it wrote.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return (0, false);
+    }
+    (info.tcpi_bytes_acked, info.tcpi_state != TCP_CLOSE)
 }
 
 impl Server {
+    /// Bytes all its responses so far have delivered (see [`Delivered`]).
+    pub fn delivered(&self) -> u64 {
+        self.delivered.total()
+    }
+
     /// Samples of the most recent upload, once it has completed.
     pub fn last_upload(&self) -> Samples {
         self.uploads
@@ -250,7 +333,7 @@ impl Server {
 /// last byte back for SECS seconds, a connection that stays open but idle;
 /// `PUT` reads the body and records when its bytes arrived. Anything else
 /// is a 400.
-fn serve_one(mut stream: TcpStream, uploads: &Mutex<Vec<Samples>>) {
+fn serve_one(mut stream: TcpStream, uploads: &Mutex<Vec<Samples>>, delivered: &Delivered) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut request = String::new();
     if reader.read_line(&mut request).is_err() {
@@ -307,6 +390,7 @@ fn serve_one(mut stream: TcpStream, uploads: &Mutex<Vec<Samples>>) {
             if head.is_err() {
                 return;
             }
+            delivered.add(&stream);
             let chunk = vec![0u8; 64 * 1024];
             let mut left = match range.as_deref().and_then(|r| byte_range(r, bytes)) {
                 Some((first, last)) => last - first + 1,
@@ -325,6 +409,9 @@ fn serve_one(mut stream: TcpStream, uploads: &Mutex<Vec<Samples>>) {
                 thread::sleep(Duration::from_secs_f64(stall));
                 let _ = stream.write_all(&chunk[..1]);
             }
+            // The clone `delivered` holds keeps the socket open: close the
+            // sending side here, as dropping the last handle would.
+            let _ = stream.shutdown(std::net::Shutdown::Write);
         }
         (Some("PUT"), Some(_)) => {
             let samples = Samples::record(&mut reader.take(length));
@@ -478,6 +565,24 @@ pub fn measure_file_growth(
     grace: Duration,
 ) -> (Samples, Output) {
     use std::os::unix::fs::MetadataExt as _;
+    measure_progress(
+        cmd,
+        || fs::metadata(file).map_or(0, |m| m.blocks() * 512),
+        run_for,
+        grace,
+    )
+}
+
+/// Runs `cmd` for `run_for`, then stops it (SIGTERM, then SIGKILL after
+/// `grace`), noting every 20 ms the bytes `progress` counts from when it
+/// first moves.
+pub fn measure_progress(
+    cmd: &mut Command,
+    mut progress: impl FnMut() -> u64,
+    run_for: Duration,
+    grace: Duration,
+) -> (Samples, Output) {
+    let start = progress();
     // Nothing reads the pipes before the end: a quiet client and a
     // one-line summary stay far below a pipe's capacity.
     let mut child = cmd
@@ -488,7 +593,7 @@ pub fn measure_file_growth(
     let mut stop = Stopper::new(run_for, grace);
     let mut samples = Samples::default();
     loop {
-        let held = fs::metadata(file).map_or(0, |m| m.blocks() * 512);
+        let held = progress().saturating_sub(start);
         if held > samples.total() {
             let first = *samples.1.get_or_insert_with(Instant::now);
             samples.0.push((first.elapsed(), held));
@@ -565,9 +670,7 @@ pub fn wait_with_timeout(mut child: Child, timeout: Duration) -> Output {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
-    use super::{Samples, byte_range};
+    use super::*;
 
     #[test]
     fn per_step_rates_divide_by_the_step() {
@@ -585,6 +688,34 @@ mod tests {
         );
         let rates: Vec<f64> = samples.per_step(ms(100)).iter().map(|r| r.1).collect();
         assert_eq!(rates, [10_000_000.0, 1_000_000.0, 0.0]);
+    }
+
+    #[test]
+    fn the_server_counts_what_its_responses_delivered_byte_for_byte() {
+        let server = serve_loopback();
+        let address = server.url.trim_start_matches("http://").to_string();
+        let mut received = Vec::new();
+        for bytes in [100_000, 1] {
+            let mut client = TcpStream::connect(&address).unwrap();
+            write!(client, "GET /{bytes} HTTP/1.1\r\n\r\n").unwrap();
+            // The server closes after the body: the reply ends at EOF.
+            let mut reply = Vec::new();
+            client.read_to_end(&mut reply).unwrap();
+            assert!(reply.len() > bytes, "a header and {bytes} bytes");
+            received.push(reply.len() as u64);
+        }
+        let expected: u64 = received.iter().sum();
+        // Both connections closed: once the server's sockets see it, none
+        // is held for them any more and the count stays.
+        let held = || server.delivered.0.lock().unwrap().open.len();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        // Each FIN counts one.
+        let fins = received.len() as u64;
+        while (server.delivered() != expected + fins || held() > 0) && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(server.delivered(), expected + fins);
+        assert_eq!(held(), 0);
     }
 
     #[test]

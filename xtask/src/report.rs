@@ -414,7 +414,7 @@ pub fn rate(bytes_per_sec: f64) -> String {
 
 /// What the columns of [`table`] mean.
 pub const LEGEND: &str = "\
-- achieved/limit: receiver bytes per second ÷ limit (bar: TCP on veth 0.95–1.02, UDP ≤ 1.02, lo 0.90–1.05)
+- achieved/limit: bytes received per second ÷ limit, as iperf3's receiving side counts them, and for curl and aria2c as the HTTP server's TCP saw them acknowledged (bar: TCP on veth 0.95–1.02, UDP ≤ 1.02, lo 0.90–1.05)
 - waste: max(bytes throttle dropped, sender TcpRetransSegs × MSS) ÷ bytes delivered (bar: ≤ 10 % for TCP on veth)
 - CV: coefficient of variation of the per-second receive rate (bar: ≤ 0.10 for one TCP flow or curl at ≥ 1 MiB/s)
 - fairness: Jain's index of the bytes each of several iperf3 flows received (1: equal; 1/n: one took all)
