@@ -28,10 +28,11 @@ impl Report {
 }
 
 pub fn run() -> Result<ExitCode> {
+    let mount = cgroup::find_mount();
     // Checked where a run would be: in a delegated scope if a run moves there.
-    if let Ok(mount) = cgroup::find_mount() {
-        let own = cgroup::own_cgroup(&mount)?;
-        user_scope::enter(&cgroup::run_parent(&mount, &own), &own)?;
+    if let Ok(mount) = &mount {
+        let own = cgroup::own_cgroup(mount)?;
+        user_scope::enter(&cgroup::run_parent(mount, &own), &own)?;
     }
     let mut report = Report { failures: 0 };
     report.check("kernel", kernel());
@@ -47,7 +48,6 @@ pub fn run() -> Result<ExitCode> {
         };
         report.check(&format!("capability {}", requirement.cap), result);
     }
-    let mount = cgroup::find_mount();
     report.check(
         "cgroup2",
         mount

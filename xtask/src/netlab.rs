@@ -266,22 +266,26 @@ impl Delivered {
 
     fn total(&self) -> u64 {
         let mut responses = self.0.lock().unwrap();
-        responses.prune();
-        responses.closed + responses.open.iter().map(|s| tcp_info(s).0).sum::<u64>()
+        responses.closed + responses.prune()
     }
 }
 
 impl Responses {
     /// Moves closed connections' counts into `closed`, closing the sockets
-    /// held for them.
-    fn prune(&mut self) {
-        let mut closed = 0;
+    /// held for them; returns what the open ones have had acknowledged.
+    fn prune(&mut self) -> u64 {
+        let (mut closed, mut open_acked) = (0, 0);
         self.open.retain(|stream| {
             let (acked, open) = tcp_info(stream);
-            closed += if open { 0 } else { acked };
+            if open {
+                open_acked += acked;
+            } else {
+                closed += acked;
+            }
             open
         });
         self.closed += closed;
+        open_acked
     }
 }
 

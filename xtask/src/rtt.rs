@@ -456,8 +456,9 @@ fn markdown(matrix: &Matrix, sections: &[Section], reps: usize, throttle_only: b
          namespace whose servers (iperf3, and an HTTP server that honours Range requests) \
          send through netem's delay; both namespaces' senders use the congestion control \
          named. Each row is the median of {reps} run(s) of {} s ({LOW_LIMIT_SECS} s below \
-         64 KiB/s) measured after a warm-up of {} s (waste counts the warm-up too); curl and aria2c download a file larger than the \
-         limit allows in that time and are stopped at its end. {}\n",
+         {}) measured after a warm-up of {} s (waste counts the warm-up too); curl and \
+         aria2c download a file larger than the limit allows in that time and are stopped at \
+         its end. {}\n",
         kernel.trim(),
         if vm::kvm_usable() {
             " with KVM"
@@ -466,6 +467,7 @@ fn markdown(matrix: &Matrix, sections: &[Section], reps: usize, throttle_only: b
         },
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         matrix.secs,
+        report::rate(LOW_LIMIT as f64),
         matrix.warmup,
         if throttle_only {
             "trickle and the runs without a limiter were left out (--throttle-only)."

@@ -189,18 +189,6 @@ fn boot(image: &Image, shared: &Path, deb: &Path) -> Result<(Option<i32>, String
     let started = Instant::now();
     let console = crate::netlab::wait_with_timeout(child, LIMIT);
     let took = started.elapsed();
-    let status = fs::read_to_string(shared.join("status"))
-        .ok()
-        .and_then(|s| s.trim().parse().ok());
-    let mut log = fs::read_to_string(shared.join("log")).unwrap_or_default();
-    if status.is_none() {
-        let console = String::from_utf8_lossy(&console.stdout);
-        let tail: Vec<&str> = console.lines().rev().take(60).collect();
-        log.push_str("\n(the guest ended before its script; the end of its console:)\n");
-        for line in tail.into_iter().rev() {
-            log.push_str(line);
-            log.push('\n');
-        }
-    }
+    let (status, log) = crate::vm::collect(&shared.join("log"), &shared.join("status"), &console);
     Ok((status, log, took))
 }

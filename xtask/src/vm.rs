@@ -14,7 +14,7 @@ use std::{
     fs,
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::{Command, Output, Stdio},
     time::{Duration, Instant},
 };
 
@@ -180,24 +180,7 @@ pub fn run(
         .with_context(|| format!("starting {}", vng.display()))?;
     let console = crate::netlab::wait_with_timeout(child, limit);
     let took = started.elapsed();
-    let status = fs::read_to_string(&status)
-        .ok()
-        .and_then(|s| s.trim().parse().ok());
-    let mut output = fs::read_to_string(&log).unwrap_or_default();
-    if status.is_none() {
-        // The guest ended before the command did: its kernel log says why.
-        let console = format!(
-            "{}{}",
-            String::from_utf8_lossy(&console.stdout),
-            String::from_utf8_lossy(&console.stderr)
-        );
-        let tail: Vec<&str> = console.lines().rev().take(60).collect();
-        output.push_str("\n(the guest ended before the command; the end of its console:)\n");
-        for line in tail.into_iter().rev() {
-            output.push_str(line);
-            output.push('\n');
-        }
-    }
+    let (status, output) = collect(&log, &status, &console);
     let _ = fs::remove_dir_all(&shared);
     Ok(Guest {
         kernel: image
@@ -212,6 +195,31 @@ pub fn run(
         output,
         took,
     })
+}
+
+/// What a guest's command left in the files shared with the host: the exit
+/// status it wrote to `status`, and its output in `log`. Without a status
+/// the guest ended before the command did, and the end of its console
+/// (`console`, qemu's output) follows the output to say why.
+pub fn collect(log: &Path, status: &Path, console: &Output) -> (Option<i32>, String) {
+    let status = fs::read_to_string(status)
+        .ok()
+        .and_then(|s| s.trim().parse().ok());
+    let mut output = fs::read_to_string(log).unwrap_or_default();
+    if status.is_none() {
+        let console = format!(
+            "{}{}",
+            String::from_utf8_lossy(&console.stdout),
+            String::from_utf8_lossy(&console.stderr)
+        );
+        let tail: Vec<&str> = console.lines().rev().take(60).collect();
+        output.push_str("\n(the guest ended before the command; the end of its console:)\n");
+        for line in tail.into_iter().rev() {
+            output.push_str(line);
+            output.push('\n');
+        }
+    }
+    (status, output)
 }
 
 /// A fresh directory for one guest's script, output and status.
