@@ -44,10 +44,32 @@ pub enum Sender {
     /// the smallest accepted burst (128 KiB at 1 MiB/s) over veth held
     /// 0.82 of the limit.
     Remote,
-    /// Here (an upload): paced at its share, a drop only makes it back
-    /// off. Alone, it gets no debt ahead of its share and a packet's worth
-    /// behind it (see `police_fairly`).
+    /// Here (an upload) on a connection counted among the run's uploads:
+    /// paced at its share, a drop only makes it back off. Alone, it gets
+    /// no debt ahead of its share and a packet's worth behind it (see
+    /// `police_fairly`).
     Local,
+    /// Here, on a TCP connection that has not moved bulk data yet (see
+    /// [`bulk`](crate::sockets::bulk)): a control connection, a request,
+    /// an upload in its first packets. The counts do not see it, so a
+    /// share of the whole limit does not make it alone, and it may owe as
+    /// when sharing. Policed as alone, iperf3's control connection, whose
+    /// one message came after thirty seconds of an upload at 8 KiB/s,
+    /// found the run deeper in debt than its packet's worth at every retry
+    /// until the kernel gave the connection up.
+    Quiet,
+}
+
+/// The [`Sender`] of an upload's packet on a TCP connection that has had
+/// `acked` bytes acknowledged (`None` when the packet has no TCP socket,
+/// as UDP's), under an upload limit of `rate`: [`Sender::Quiet`] until it
+/// has moved the bulk that counts it (as the socket hooks count it).
+#[inline(always)]
+pub fn upload_sender(acked: Option<u64>, rate: u64) -> Sender {
+    match acked {
+        Some(acked) if acked <= crate::sockets::bulk(rate) => Sender::Quiet,
+        _ => Sender::Local,
+    }
 }
 
 /// Decides the fate of a `len`-byte packet arriving at `now` on a
@@ -96,7 +118,8 @@ pub fn police_fairly(
     // packet's worth: enough for a connection the counts have not seen yet
     // (all its segments dropped) to get one through; without it such
     // uploads were aborted by the kernel again. A download alone keeps the
-    // debt (see `Sender::Remote`).
+    // debt (see `Sender::Remote`), and so does a quiet connection (see
+    // `Sender::Quiet`).
     let tolerance = transmit_ns(limit.burst, limit.rate);
     let alone = share >= limit.rate && sender == Sender::Local;
     let debt = match (alone, own <= now) {
@@ -208,6 +231,33 @@ mod tests {
             let v = police_fairly(Sender::Local, deeper, own, now, 100, &lim, lim.rate / 2);
             assert!(v.run.passes());
         }
+    }
+
+    /// Beside an upload that keeps the run in debt, a connection that has
+    /// not moved bulk data (a control connection with one message to send)
+    /// gets through, however long it was quiet; the upload, counted, is
+    /// still held, however long its own pauses.
+    #[test]
+    fn a_quiet_connection_beside_a_lone_upload_gets_through() {
+        let lim = limit(8 * KIB);
+        let now = 40 * NSEC_PER_SEC;
+        // Where the upload, paced at the limit, keeps the run's clock: just
+        // past what its own packet's worth of debt reaches.
+        let busy = now + transmit_ns(lim.burst, lim.rate) + transmit_ns(1000, lim.rate) + 1;
+        let control = upload_sender(Some(300), lim.rate);
+        assert_eq!(control, Sender::Quiet);
+        for quiet_since in [now - 30 * NSEC_PER_SEC, now, NEW_CONNECTION] {
+            let v = police_fairly(control, busy, quiet_since, now, 60, &lim, lim.rate);
+            assert!(v.run.passes());
+        }
+        let upload = upload_sender(Some(MIB), lim.rate);
+        assert_eq!(upload, Sender::Local);
+        for paused_since in [now - 2 * NSEC_PER_SEC, now] {
+            let v = police_fairly(upload, busy, paused_since, now, 1000, &lim, lim.rate);
+            assert_eq!(v.run, Step::Drop);
+        }
+        // A packet without a TCP socket (UDP) is policed as a counted upload.
+        assert_eq!(upload_sender(None, lim.rate), Sender::Local);
     }
 
     /// A new connection at a share of 1 KiB/s passes one second of it at

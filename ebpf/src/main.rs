@@ -23,14 +23,14 @@ use aya_ebpf::{
         BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG,
         BPF_TCP_ESTABLISHED,
     },
-    helpers::{bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_setsockopt},
+    helpers::{bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_setsockopt, bpf_tcp_sock},
     macros::{cgroup_skb, map, sock_ops},
     maps::{Array, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
     programs::{SkBuffContext, SockOpsContext},
 };
 use throttle_common::{
     Counters, DIRECTIONS, DOWN, Limit, UP,
-    fairness::{NEW_CONNECTION, Sender, police_fairly},
+    fairness::{NEW_CONNECTION, Sender, police_fairly, upload_sender},
     networks::{MAX_NETWORKS, SCOPE_EVERYTHING, limited, mapped_words},
     packet::{IPPROTO_TCP, ip_header_len, layout, tcp_without_payload},
     policer::{Step, police, transmit_ns},
@@ -395,7 +395,7 @@ fn admit(ctx: &SkBuffContext, direction: u32) -> bool {
             let sender = if direction == DOWN {
                 Sender::Remote
             } else {
-                Sender::Local
+                upload_sender(acked(ctx), limit.rate)
             };
             let verdict =
                 police_fairly(sender, tat, own, now, len, limit, share(limit.rate, flows));
@@ -426,6 +426,27 @@ fn admit(ctx: &SkBuffContext, direction: u32) -> bool {
             counters.dropped_packets += 1;
         }
         step.passes()
+    }
+}
+
+/// The bytes acknowledged on the packet's TCP connection; `None` when it
+/// has no full TCP socket (UDP, a handshake's request socket).
+#[inline(always)]
+fn acked(ctx: &SkBuffContext) -> Option<u64> {
+    // SAFETY: ctx.skb is the kernel's __sk_buff for this call; the helper
+    // takes the socket only after the null check the verifier demands,
+    // and its result is read only when not null.
+    unsafe {
+        let sk = core::ptr::read_volatile(&(*ctx.skb.skb).__bindgen_anon_2.sk);
+        if sk.is_null() {
+            return None;
+        }
+        let tcp = bpf_tcp_sock(sk);
+        if tcp.is_null() {
+            None
+        } else {
+            Some((*tcp).bytes_acked)
+        }
     }
 }
 

@@ -460,7 +460,9 @@ while True:
 /// Issue 12: a connection that goes idle hands its share of the download
 /// limit to the busy one within half a second. Two downloads share 1 MiB/s;
 /// one stops after 1.5 MiB but stays open, and from half a second after its
-/// last byte the other must carry the whole limit.
+/// last byte the other must carry the whole limit. Measured over 3.5 s of
+/// the reader's samples: over 2 s, a reader held off the CPU for a tenth of
+/// a second by tests running beside it read 1.058 of the limit.
 #[test]
 fn an_idle_connection_hands_its_share_on_within_half_a_second() {
     let Some(_serial) =
@@ -513,9 +515,9 @@ fn an_idle_connection_hands_its_share_on_within_half_a_second() {
             .copied()
             .unwrap_or((0.0, 0))
     };
-    let (from, to) = (at(idle_from + 0.5), at(idle_from + 2.5));
+    let (from, to) = (at(idle_from + 0.5), at(idle_from + 4.0));
     assert!(
-        to.0 - from.0 > 1.5,
+        to.0 - from.0 > 3.0,
         "the busy download ended too soon: {a:?}"
     );
     assert_ratio(
@@ -617,4 +619,68 @@ fn eight_uploads_at_eight_kib_per_second_all_send() {
     };
     let moved = eight_connections_at_8k("t-up8x8", "up");
     assert_none_starved("uploads", &moved);
+}
+
+/// One upload at 8 KiB/s for 10 s, then a message of 100 bytes on a second
+/// connection that has been quiet since its headers (as iperf3's control
+/// connection is): prints the seconds until the server's reply came back,
+/// or "never" after 10 s.
+const QUIET_BESIDE_AN_UPLOAD: &str = r#"
+import select, socket, sys, time
+host, port = sys.argv[1], int(sys.argv[2])
+quiet = socket.create_connection((host, port))
+quiet.sendall(b"PUT /message HTTP/1.1\r\nHost: lab\r\nContent-Length: 100\r\n\r\n")
+upload = socket.create_connection((host, port))
+upload.sendall(b"PUT /upload HTTP/1.1\r\nHost: lab\r\nContent-Length: %d\r\n\r\n" % (1 << 30))
+upload.setblocking(False)
+chunk = bytes(16384)
+def upload_until(end, also=None):
+    while time.monotonic() < end:
+        readable, writable, _ = select.select([also] if also else [], [upload], [], 0.1)
+        if writable:
+            try:
+                upload.send(chunk)
+            except BlockingIOError:
+                pass
+        if readable:
+            return True
+    return False
+upload_until(time.monotonic() + 10)
+sent = time.monotonic()
+quiet.sendall(bytes(100))
+answered = upload_until(sent + 10, quiet)
+print("%.2f" % (time.monotonic() - sent) if answered else "never")
+"#;
+
+/// A connection quiet beside one upload gets its message through: the
+/// counts see only the upload, so the quiet one had the whole limit for its
+/// share too and only its packet's worth of the run's debt, which the
+/// upload kept the run beyond; iperf3's control connection was given up by
+/// the kernel that way after 30 s of an upload at 8 KiB/s.
+#[test]
+fn a_quiet_connection_beside_an_upload_gets_its_message_through() {
+    let Some(_serial) =
+        harness::start("a_quiet_connection_beside_an_upload_gets_its_message_through")
+    else {
+        return;
+    };
+    let netns = Netns::new();
+    let server = netns.serve();
+    let (host, port) = host_and_port(&server);
+    let mut cmd = throttle();
+    cmd.args(["--up", "8K", "--name", "t-quiet", "--"]).args([
+        "python3",
+        "-c",
+        QUIET_BESIDE_AN_UPLOAD,
+        host,
+        port,
+    ]);
+    let output = harness::output_within(&mut cmd, TIMEOUT);
+    assert!(output.status.success(), "{}", harness::stderr(&output));
+    let took = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    assert!(
+        took.parse::<f64>().is_ok_and(|secs| secs < 2.0),
+        "the quiet connection's 100 bytes beside an upload at 8 KiB/s should be answered within 2 s; took {took}"
+    );
+    assert_clean("t-quiet");
 }
