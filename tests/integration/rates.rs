@@ -421,10 +421,22 @@ fn a_download_at_one_kib_per_second_holds_over_thirty_seconds() {
     assert_clean("t-1k");
 }
 
-/// The lab server's address and port, for scripts that connect on their own.
-fn host_and_port(server: &Server) -> (&str, &str) {
+/// Runs python3 `script` under throttle with `limits` as run `name`, its
+/// arguments the lab server's host and port and then `args`; returns what
+/// it printed, once it has ended well and the run has left nothing behind.
+fn python_beside_the_lab(limits: &[&str], name: &str, script: &str, args: &[&str]) -> String {
+    let netns = Netns::new();
+    let server = netns.serve();
     let address = server.url.trim_start_matches("http://");
-    address.rsplit_once(':').unwrap()
+    let (host, port) = address.rsplit_once(':').unwrap();
+    let mut cmd = throttle();
+    cmd.args(limits)
+        .args(["--name", name, "--", "python3", "-c", script, host, port])
+        .args(args);
+    let output = harness::output_within(&mut cmd, TIMEOUT);
+    assert!(output.status.success(), "{}", harness::stderr(&output));
+    assert_clean(name);
+    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 /// Two downloads, each read as it arrives; prints `a|b SECONDS BYTES` per
@@ -470,27 +482,17 @@ fn an_idle_connection_hands_its_share_on_within_half_a_second() {
     else {
         return;
     };
-    let netns = Netns::new();
-    let server = netns.serve();
-    let (host, port) = host_and_port(&server);
-    let mut cmd = throttle();
-    cmd.args([
-        "--down",
-        "1M",
-        "--name",
+    let printed = python_beside_the_lab(
+        &["--down", "1M"],
         "t-handover",
-        "--",
-        "python3",
-        "-c",
-    ])
-    .arg(TWO_DOWNLOADS)
-    .args([host, port])
-    .arg(format!("/{}", 6 * MIB))
-    .arg(format!("/{}?stall=20", 3 * MIB / 2));
-    let output = harness::output_within(&mut cmd, TIMEOUT);
-    assert!(output.status.success(), "{}", harness::stderr(&output));
+        TWO_DOWNLOADS,
+        &[
+            &format!("/{}", 6 * MIB),
+            &format!("/{}?stall=20", 3 * MIB / 2),
+        ],
+    );
     let (mut a, mut b) = (Vec::new(), Vec::new());
-    for line in String::from_utf8_lossy(&output.stdout).lines() {
+    for line in printed.lines() {
         let mut words = line.split(' ');
         let (name, t, bytes) = (words.next(), words.next(), words.next());
         let point = (
@@ -527,7 +529,6 @@ fn an_idle_connection_hands_its_share_on_within_half_a_second() {
         0.90,
         1.05,
     );
-    assert_clean("t-handover");
 }
 
 /// Eight connections to the lab's server for SECS seconds, then prints what
@@ -566,20 +567,15 @@ print(" ".join(str(moved[s]) for s in socks))
 /// Runs EIGHT_CONNECTIONS at 8 KiB/s one way and returns what each moved
 /// in its 12 s.
 fn eight_connections_at_8k(name: &str, mode: &str) -> Vec<u64> {
-    let netns = Netns::new();
-    let server = netns.serve();
-    let (host, port) = host_and_port(&server);
-    let mut cmd = throttle();
-    cmd.args([&format!("--{mode}"), "8K", "--name", name, "--"])
-        .args(["python3", "-c", EIGHT_CONNECTIONS, host, port, mode, "12"]);
-    let output = harness::output_within(&mut cmd, TIMEOUT);
-    assert!(output.status.success(), "{}", harness::stderr(&output));
-    let moved = String::from_utf8_lossy(&output.stdout)
-        .split_whitespace()
-        .map(|n| n.parse().unwrap())
-        .collect();
-    assert_clean(name);
-    moved
+    python_beside_the_lab(
+        &[&format!("--{mode}"), "8K"],
+        name,
+        EIGHT_CONNECTIONS,
+        &[mode, "12"],
+    )
+    .split_whitespace()
+    .map(|n| n.parse().unwrap())
+    .collect()
 }
 
 /// Every one of eight connections moves at least an eighth of its equal
@@ -664,23 +660,10 @@ fn a_quiet_connection_beside_an_upload_gets_its_message_through() {
     else {
         return;
     };
-    let netns = Netns::new();
-    let server = netns.serve();
-    let (host, port) = host_and_port(&server);
-    let mut cmd = throttle();
-    cmd.args(["--up", "8K", "--name", "t-quiet", "--"]).args([
-        "python3",
-        "-c",
-        QUIET_BESIDE_AN_UPLOAD,
-        host,
-        port,
-    ]);
-    let output = harness::output_within(&mut cmd, TIMEOUT);
-    assert!(output.status.success(), "{}", harness::stderr(&output));
-    let took = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    let printed = python_beside_the_lab(&["--up", "8K"], "t-quiet", QUIET_BESIDE_AN_UPLOAD, &[]);
+    let took = printed.trim();
     assert!(
         took.parse::<f64>().is_ok_and(|secs| secs < 2.0),
         "the quiet connection's 100 bytes beside an upload at 8 KiB/s should be answered within 2 s; took {took}"
     );
-    assert_clean("t-quiet");
 }
