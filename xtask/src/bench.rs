@@ -319,8 +319,7 @@ impl Lab {
         (server.addr, server.port)
     }
 
-    /// Replaces the link's iperf3 server: after a failed client it may stay
-    /// busy with the dead test and refuse the next ones.
+    /// Replaces the link's iperf3 server with a fresh one.
     fn restart_iperf(&self, link: Link) -> Result<()> {
         let netns = (link == Link::Veth).then_some(self.netns.name.as_str());
         let addr = self.iperf(link).0;
@@ -429,7 +428,7 @@ impl Bench<'_> {
                 c.args(["-s", "-d", &kib, "-u", &kib]);
                 c
             }
-            (Contender::Bare, _) => {
+            (Contender::Bare | Contender::Link, _) => {
                 // A no-op prefix keeps the command line shape the same.
                 let mut c = Command::new("env");
                 c.arg("--");
@@ -442,21 +441,13 @@ impl Bench<'_> {
         match case.traffic {
             Traffic::Curl | Traffic::Aria2 { .. } => self.download(case, contender),
             _ => {
-                let run = || {
-                    self.iperf(case, contender, Some(case.limit))
-                        .inspect_err(|_| {
-                            let _ = self.lab.restart_iperf(case.link);
-                        })
-                };
-                match run() {
-                    // The server can still be draining the last run when
-                    // the next client comes (what eight uploads at 64 KiB/s
-                    // had queued stays in flight after their client exits):
-                    // its refusal says nothing of the contender, so the run
-                    // goes again on the fresh server.
-                    Err(e) if e.to_string().contains("the server is busy") => run(),
-                    result => result,
-                }
+                // Every run gets a server of its own, so that no run
+                // depends on what the one before left: a server that served
+                // the last run may still be draining it (what eight uploads
+                // at 64 KiB/s had queued stays in flight after their client
+                // exits) and refuse the next client as busy.
+                self.lab.restart_iperf(case.link)?;
+                self.iperf(case, contender, Some(case.limit))
             }
         }
     }
@@ -564,10 +555,22 @@ impl Bench<'_> {
             .iter()
             .fold((0.0, 0), |(t, b), i| (t + i.0, b + i.1));
         if secs < f64::from(self.plan.secs) - 0.5 {
+            // Where the stall came: before the intervals began (the test
+            // started late), or in them (they end in empty seconds).
+            let reported: f64 = intervals.iter().map(|i| i.0).sum();
+            let empty = intervals.iter().rev().take_while(|i| i.1 == 0).count();
+            let bytes: u64 = intervals.iter().map(|i| i.1).sum();
+            let told = format!(
+                "iperf3 reported {reported:.1} s of intervals, {bytes} bytes, the last \
+                 {empty} empty, of its {} s and {} s of warm-up; throttle dropped {} bytes",
+                self.plan.secs,
+                self.plan.warmup,
+                throttle_drops(&output.stderr)
+            );
             if cut_short {
-                return Err(stopped_error());
+                return Err(stopped_error().context(told));
             }
-            bail!("iperf3 reported {secs:.1} s of its {} s", self.plan.secs);
+            bail!("{told}");
         }
         let achieved = bytes as f64 / secs;
         let per_second: Vec<f64> = measured

@@ -86,7 +86,7 @@ enum Task {
         /// Only the rows whose case contains TEXT, e.g. "aria2c" or "down 1 MiB/s" (no overhead table, no plot; with neither --rtt nor --no-rtt, the veth and loopback part)
         #[arg(long, value_name = "TEXT")]
         filter: Option<String>,
-        /// Leave trickle and no limiter out, for quicker runs while working on the limiter (no overhead table, no plot)
+        /// Leave trickle and no limiter out, for quicker runs while working on the limiter (no overhead table, no plot; the round trips keep their link of the limit)
         #[arg(long)]
         throttle_only: bool,
         /// Only the picture of a 1 MiB/s download (curl and aria2c, throttle and trickle), about two minutes

@@ -45,6 +45,7 @@ fn color(contender: Contender) -> RGBColor {
         Contender::Throttle => BLUE,
         Contender::Trickle => RED,
         Contender::Bare => GREEN,
+        Contender::Link => BLACK,
     }
 }
 
@@ -290,6 +291,7 @@ mod tests {
             cpu: 0.0,
             fairness: None,
             bars: Bars::Veth,
+            link: None,
         };
         let rows = [
             row(1 << 20, Contender::Throttle, 0.99, 0.01, 0),

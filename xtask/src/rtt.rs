@@ -128,17 +128,23 @@ impl Matrix {
 
     /// Client runs in all, and the longest they may take: per setting,
     /// each client once without a limiter and once per limit it applies at
-    /// with throttle and with trickle, each its seconds plus start-up under
-    /// emulation (a failed run takes less).
+    /// with throttle and with trickle (and, for downloads at 1 MiB/s and
+    /// above, through a link of the limit), each its seconds plus start-up
+    /// under emulation (a failed run takes less).
     fn runs(&self, reps: usize) -> (usize, Duration) {
         let run = |limit| u64::from(self.secs_at(limit) + self.warmup) + 20;
         let (mut count, mut secs) = (0, 0);
-        for &(traffic, _) in &self.clients {
+        for &(traffic, dir) in &self.clients {
             count += 1;
             secs += run(0);
             for &limit in self.limits.iter().filter(|&&l| self.applies(traffic, l)) {
-                count += 2;
-                secs += 2 * run(limit);
+                let contenders = if dir == Dir::Down && limit >= MIB {
+                    3
+                } else {
+                    2
+                };
+                count += contenders;
+                secs += contenders as u64 * run(limit);
             }
         }
         let settings = self.rtts.len() * self.senders.len() * reps;
@@ -298,6 +304,22 @@ pub fn run_inside(options: &Options) -> Result<()> {
                 }
                 for limit in matrix.limits.iter().copied().filter(|&l| wanted(l)) {
                     let case = Case::new(Link::Veth, traffic, dir, limit);
+                    let bars = Bars::Rtt {
+                        netem_ms: rtt,
+                        ping_ms: section.ping.as_ref().ok().copied(),
+                    };
+                    let link = if dir == Dir::Down && limit >= MIB {
+                        set_link(&lab.netns.name, &lab.netns.link, rtt, limit)?;
+                        let runs = repeat(&bench, &case, Contender::Link, plan.reps);
+                        set_delay(&lab.netns.name, &lab.netns.link, rtt)?;
+                        let row = Row::new(case, Contender::Link, &runs);
+                        eprintln!("{}", row.progress_line());
+                        let ratio = row.ratio;
+                        section.rows.push(row);
+                        Some(ratio)
+                    } else {
+                        None
+                    };
                     let contenders = if options.throttle_only {
                         &[Contender::Throttle][..]
                     } else {
@@ -305,10 +327,9 @@ pub fn run_inside(options: &Options) -> Result<()> {
                     };
                     for &contender in contenders {
                         let runs = repeat(bench_at(limit), &case, contender, plan.reps);
-                        let row = Row::new(case, contender, &runs).held_to(Bars::Rtt {
-                            netem_ms: rtt,
-                            ping_ms: section.ping.as_ref().ok().copied(),
-                        });
+                        let row = Row::new(case, contender, &runs)
+                            .held_to(bars)
+                            .beside_link(link);
                         eprintln!("{}", row.progress_line());
                         section.rows.push(row);
                     }
@@ -374,6 +395,29 @@ fn set_delay(netns: &str, link: &str, rtt_ms: u32) -> Result<()> {
     ensure!(
         out.status.success(),
         "tc qdisc replace dev {link} root netem delay {rtt_ms}ms: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
+}
+
+/// Makes the servers' side of the veth a link of exactly `rate` bytes/s
+/// with `rtt_ms` of delay ([`Contender::Link`]); [`set_delay`] undoes it.
+/// Its queue is the delay's, large enough never to drop: the link is the
+/// best any limiter could be at that rate, so a client that falls short
+/// of the limit through it does so by its own start and end.
+fn set_link(netns: &str, link: &str, rtt_ms: u32, rate: u64) -> Result<()> {
+    let out = Command::new("tc")
+        .args([
+            "-n", netns, "qdisc", "replace", "dev", link, "root", "netem",
+        ])
+        .args(["delay", &format!("{rtt_ms}ms")])
+        .args(["rate", &format!("{}bit", rate * 8)])
+        .args(["limit", "100000"])
+        .output()
+        .context("running tc")?;
+    ensure!(
+        out.status.success(),
+        "tc qdisc replace dev {link} root netem rate {rate}: {}",
         String::from_utf8_lossy(&out.stderr).trim()
     );
     Ok(())
@@ -505,7 +549,7 @@ fn markdown(matrix: &Matrix, sections: &[Section], reps: usize, throttle_only: b
     let _ = writeln!(
         out,
         "\nA cell is achieved/limit, then waste, in bold where it misses a bar; (p) where \
-         physics forbids the waste bar; \"failed\" when no run succeeded (the section below \
+         physics forbids the waste bar; (l) where a link of the limit reaches no more; \"failed\" when no run succeeded (the section below \
          says why).\n"
     );
     for s in sections {
@@ -559,6 +603,9 @@ fn summary_cell(row: &Row) -> String {
     if row.physics().is_some() {
         cell.push_str(" (p)");
     }
+    if row.link_bound().is_some() {
+        cell.push_str(" (l)");
+    }
     if !row.misses().is_empty() {
         cell = format!("**{cell}**");
     }
@@ -567,6 +614,7 @@ fn summary_cell(row: &Row) -> String {
 
 /// What the columns mean, and the bars of issue 12 the rows are held to.
 const LEGEND: &str = "- achieved/limit: bytes received per second ÷ limit, as iperf3's receiving side counts them, and for curl and aria2c as the HTTP server's TCP saw them acknowledged (bar: 0.95–1.02 at 1 MiB/s and above, 0.90–1.05 below)
+- link of the limit, (l): downloads at 1 MiB/s and above also run with no limiter through netem's rate at exactly the limit, with a queue that never drops: the most any limiter could give the client at that round trip. Where throttle falls short of the rate bar but not of the link, (l), what is missing is the client's own start and end, and the rate bar does not apply
 - waste: max(bytes throttle dropped, sender TcpRetransSegs × MSS) ÷ bytes delivered (bar, for downloads at 20 and 80 ms: ≤ 3 % for one connection and ≤ 5 % for several at 1 MiB/s and above, ≤ 10 % for one at 64 KiB/s)
 - physics, (p): the connections are offered more than the limit even at the smallest window, two segments per round trip (N × 2 MSS / RTT > limit); only drops can hold such a limit, so the waste and fairness bars do not apply
 - CV: coefficient of variation of the per-second receive rate
@@ -612,8 +660,9 @@ mod tests {
         assert_eq!(full.clients.len(), 7);
         // The whole file is not split at 8 and 64 KiB/s.
         assert!(!full.applies(ARIA2_WHOLE, 64 * KIB) && full.applies(ARIA2_WHOLE, MIB));
-        assert_eq!(full.runs(1).0, 3 * 2 * (7 * 9 - 4));
-        assert!(Matrix::new(true).runs(1).0 <= 9);
+        // Five download clients also go through a link of 1 and 8 MiB/s.
+        assert_eq!(full.runs(1).0, 3 * 2 * (7 * 9 - 4 + 5 * 2));
+        assert!(Matrix::new(true).runs(1).0 <= 12);
         // 8 KiB/s is measured long enough to resolve its bar; the rest not
         // longer than needed.
         assert_eq!(full.secs_at(8 * KIB), LOW_LIMIT_SECS);
