@@ -309,7 +309,13 @@ pub fn run_inside(options: &Options) -> Result<()> {
                         ping_ms: section.ping.as_ref().ok().copied(),
                     };
                     let link = if dir == Dir::Down && limit >= MIB {
-                        set_link(&lab.netns.name, &lab.netns.link, rtt, limit)?;
+                        set_link(
+                            &lab.netns.name,
+                            &lab.netns.link,
+                            rtt,
+                            limit,
+                            case.link.mss(),
+                        )?;
                         let runs = repeat(&bench, &case, Contender::Link, plan.reps);
                         set_delay(&lab.netns.name, &lab.netns.link, rtt)?;
                         let row = Row::new(case, Contender::Link, &runs);
@@ -400,24 +406,32 @@ fn set_delay(netns: &str, link: &str, rtt_ms: u32) -> Result<()> {
     Ok(())
 }
 
-/// Makes the servers' side of the veth a link of exactly `rate` bytes/s
-/// with `rtt_ms` of delay ([`Contender::Link`]); [`set_delay`] undoes it.
-/// Its queue is the delay's, large enough never to drop: the link is the
-/// best any limiter could be at that rate, so a client that falls short
-/// of the limit through it does so by its own start and end.
-fn set_link(netns: &str, link: &str, rtt_ms: u32, rate: u64) -> Result<()> {
+/// The bytes netem counts beside a full segment's payload: the Ethernet,
+/// IP and TCP headers (with timestamps) of every segment.
+const FRAME_OVERHEAD: u64 = 14 + 20 + 32;
+
+/// Makes the servers' side of the veth a link that carries `rate` bytes/s
+/// of payload in full-size segments of `mss`, with `rtt_ms` of delay
+/// ([`Contender::Link`]); [`set_delay`] undoes it. netem's rate counts
+/// whole frames: a link of the bare limit delivered 0.955 of it to every
+/// client, the headers taking the rest. Its queue is the delay's, large
+/// enough never to drop: the link is the best any limiter could be at that
+/// rate, so a client that falls short of the limit through it does so by
+/// its own start and end.
+fn set_link(netns: &str, link: &str, rtt_ms: u32, rate: u64, mss: u64) -> Result<()> {
+    let framed = rate * (mss + FRAME_OVERHEAD) / mss;
     let out = Command::new("tc")
         .args([
             "-n", netns, "qdisc", "replace", "dev", link, "root", "netem",
         ])
         .args(["delay", &format!("{rtt_ms}ms")])
-        .args(["rate", &format!("{}bit", rate * 8)])
+        .args(["rate", &format!("{}bit", framed * 8)])
         .args(["limit", "100000"])
         .output()
         .context("running tc")?;
     ensure!(
         out.status.success(),
-        "tc qdisc replace dev {link} root netem rate {rate}: {}",
+        "tc qdisc replace dev {link} root netem rate {framed}: {}",
         String::from_utf8_lossy(&out.stderr).trim()
     );
     Ok(())
@@ -614,7 +628,7 @@ fn summary_cell(row: &Row) -> String {
 
 /// What the columns mean, and the bars of issue 12 the rows are held to.
 const LEGEND: &str = "- achieved/limit: bytes received per second ÷ limit, as iperf3's receiving side counts them, and for curl and aria2c as the HTTP server's TCP saw them acknowledged (bar: 0.95–1.02 at 1 MiB/s and above, 0.90–1.05 below)
-- link of the limit, (l): downloads at 1 MiB/s and above also run with no limiter through netem's rate at exactly the limit, with a queue that never drops: the most any limiter could give the client at that round trip. Where throttle falls short of the rate bar but not of the link, (l), what is missing is the client's own start and end, and the rate bar does not apply
+- link of the limit, (l): downloads at 1 MiB/s and above also run with no limiter through netem's rate at the limit (raised by the headers netem counts, so that full-size segments carry exactly the limit), with a queue that never drops: the most any limiter could give the client at that round trip. Where throttle falls short of the rate bar but not of the link, (l), what is missing is the client's own start and end, and the rate bar does not apply
 - waste: max(bytes throttle dropped, sender TcpRetransSegs × MSS) ÷ bytes delivered (bar, for downloads at 20 and 80 ms: ≤ 3 % for one connection and ≤ 5 % for several at 1 MiB/s and above, ≤ 10 % for one at 64 KiB/s)
 - physics, (p): the connections are offered more than the limit even at the smallest window, two segments per round trip (N × 2 MSS / RTT > limit); only drops can hold such a limit, so the waste and fairness bars do not apply
 - CV: coefficient of variation of the per-second receive rate
