@@ -51,10 +51,10 @@ pub enum Contender {
     Throttle,
     Trickle,
     Bare,
-    /// No limiter, the servers sending through a link of exactly the limit
-    /// (netem's rate, with a Linux interface's default queue of 1000
-    /// packets): what the client itself can make of the limit at that
-    /// round trip, the yardstick of the round-trip section's rate bar.
+    /// No limiter, the servers sending through a link of the limit
+    /// (netem's rate, with a queue that never drops; see rtt's `set_link`):
+    /// what the client itself can make of the limit at that round trip,
+    /// the yardstick of the round-trip section's rate bar.
     Link,
 }
 
