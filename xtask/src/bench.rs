@@ -117,7 +117,7 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
         nix::unistd::Uid::effective().is_root(),
         "the benchmark creates network namespaces and cgroups: run it as root"
     );
-    check_tools(&["iperf3", "trickle", "curl", "aria2c"])?;
+    check_tools(&["iperf3", "trickle", "curl", "aria2c", "ping"])?;
     let throttle = options.throttle.clone();
     let mut plan = if options.quick {
         quick_plan()
@@ -144,6 +144,10 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
         lab: &lab,
         throttle: &throttle,
         plan: &plan,
+    };
+    let veth_ping = ping(&lab.netns.peer.to_string()).map_err(|e| format!("{e:#}"));
+    let veth_bars = report::Bars::Veth {
+        ping_ms: veth_ping.as_ref().ok().copied(),
     };
 
     if options.picture {
@@ -181,7 +185,10 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
                     runs
                 }
             };
-            let row = report::Row::new(*case, contender, &runs);
+            let mut row = report::Row::new(*case, contender, &runs);
+            if case.link == Link::Veth {
+                row = row.held_to(veth_bars);
+            }
             eprintln!("{}", row.progress_line());
             rows.push(row);
         }
@@ -205,6 +212,7 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
         plan.secs,
         plan.warmup,
         plan.reps,
+        &veth_ping,
     );
     let path = options.out.join("report.md");
     fs::write(&path, &text).with_context(|| format!("writing {}", path.display()))?;
@@ -241,6 +249,48 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
     print!("{text}");
     eprintln!("wrote {}", path.display());
     Ok(())
+}
+
+/// The average round trip of five pings to `addr`, in milliseconds.
+pub fn ping(addr: &str) -> Result<f64> {
+    let out = Command::new("ping")
+        .args(["-q", "-c", "5", "-i", "0.2", "-W", "2", addr])
+        .output()
+        .context("running ping")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ping_average(&text).with_context(|| format!("ping {addr} gave no round trip: {}", text.trim()))
+}
+
+/// The average of ping's "rtt min/avg/max/mdev = 20.1/20.3/20.6/0.1 ms".
+fn ping_average(summary: &str) -> Option<f64> {
+    let line = summary.lines().find(|l| l.contains("min/avg/max"))?;
+    let values = line.split('=').nth(1)?.trim();
+    values.split('/').nth(1)?.trim().parse().ok()
+}
+
+/// The intervals (seconds, bytes, omitted) of an iperf3 run of `run_secs`
+/// that rate it: those after the warm-up and within its -t seconds, or
+/// None where they cover less than all but its last 1.5 s.
+///
+/// The receiver's end summary also counts what arrived while iperf3's end
+/// stalled, and its time, and so do the intervals the client kept
+/// reporting through that stall (eight downloads at 8 KiB/s, 80 ms, BBR
+/// read 0.18 either way, in two runs). A run whose end hangs
+/// (esnet/iperf#819) leaves out its last interval, which runs on until the
+/// stop: eight downloads at 8 KiB/s with BBR senders did so with 29 full
+/// seconds at the limit, then one of 125 s with nothing in it.
+fn measured_intervals(intervals: &[(f64, u64, bool)], run_secs: u32) -> Option<Vec<(f64, u64)>> {
+    let within = f64::from(run_secs) + 0.5;
+    let measured: Vec<(f64, u64)> = intervals
+        .iter()
+        .filter(|(_, _, omitted)| !omitted)
+        .scan(0.0, |elapsed, &(secs, bytes, _)| {
+            *elapsed += secs;
+            (*elapsed <= within).then_some((secs, bytes))
+        })
+        .collect();
+    let covered: f64 = measured.iter().map(|i| i.0).sum();
+    (covered >= f64::from(run_secs) - 1.5).then_some(measured)
 }
 
 /// Fails naming the first of `tools` that cannot be run.
@@ -537,35 +587,14 @@ impl Bench<'_> {
                 )
             })
             .collect();
-        // The rate over the measured intervals of the run's -t seconds: the
-        // end's summary of the receiver also counts what arrived while
-        // iperf3's end stalled, and its time, and so do the intervals the
-        // client kept reporting through that stall (eight downloads at
-        // 8 KiB/s, 80 ms, BBR read 0.18 either way, in two runs).
-        let run_secs = f64::from(self.plan.secs) + 0.5;
-        let measured: Vec<(f64, u64)> = intervals
-            .iter()
-            .filter(|(_, _, omitted)| !omitted)
-            .scan(0.0, |elapsed, &(secs, bytes, _)| {
-                *elapsed += secs;
-                (*elapsed <= run_secs).then_some((secs, bytes))
-            })
-            .collect();
-        let (secs, bytes) = measured
-            .iter()
-            .fold((0.0, 0), |(t, b), i| (t + i.0, b + i.1));
-        // A run whose end hangs (esnet/iperf#819) leaves out its last
-        // interval, which runs on until the stop: eight downloads at
-        // 8 KiB/s with BBR senders did so with 29 full seconds at the
-        // limit, then one of 125 s with nothing in it.
-        if secs < f64::from(self.plan.secs) - 1.5 {
+        let Some(measured) = measured_intervals(&intervals, self.plan.secs) else {
             // Where the stall came: before the intervals began (the test
             // started late), or in them (they end in empty seconds).
             let reported: f64 = intervals.iter().map(|i| i.0).sum();
             let empty = intervals.iter().rev().take_while(|i| i.1 == 0).count();
-            let bytes: u64 = intervals.iter().map(|i| i.1).sum();
+            let total: u64 = intervals.iter().map(|i| i.1).sum();
             let told = format!(
-                "iperf3 reported {reported:.1} s of intervals, {bytes} bytes, the last \
+                "iperf3 reported {reported:.1} s of intervals, {total} bytes, the last \
                  {empty} empty, of its {} s and {} s of warm-up; throttle dropped {} bytes",
                 self.plan.secs,
                 self.plan.warmup,
@@ -575,7 +604,10 @@ impl Bench<'_> {
                 return Err(stopped_error().context(told));
             }
             bail!("{told}");
-        }
+        };
+        let (secs, bytes) = measured
+            .iter()
+            .fold((0.0, 0), |(t, b), i| (t + i.0, b + i.1));
         let achieved = bytes as f64 / secs;
         let per_second: Vec<f64> = measured
             .iter()
@@ -942,6 +974,31 @@ fn throttle_drops(stderr: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_run_whose_end_hangs_is_rated_by_its_full_seconds() {
+        let warm_up = [(1.0, 8192, true), (1.0, 8192, true)];
+        let seconds = |n, bytes| vec![(1.0, bytes, false); n];
+        let hung = [&warm_up[..], &seconds(29, 7700), &[(125.0, 0, false)]].concat();
+        let rated = measured_intervals(&hung, 30).expect("29 of 30 s are enough");
+        assert_eq!(rated.len(), 29);
+        assert!(rated.iter().all(|&(_, bytes)| bytes == 7700));
+        // Stalled early, the run is short and not rated.
+        let stalled = [&warm_up[..], &seconds(10, 7700), &[(125.0, 0, false)]].concat();
+        assert_eq!(measured_intervals(&stalled, 30), None);
+        // Intervals past the -t seconds (a slow end) are left out.
+        let long = [&warm_up[..], &seconds(33, 7700)].concat();
+        assert_eq!(measured_intervals(&long, 30).map(|m| m.len()), Some(30));
+    }
+
+    #[test]
+    fn reads_the_average_round_trip() {
+        let out = "--- 10.213.1.2 ping statistics ---\n\
+                   5 packets transmitted, 5 received, 0% packet loss, time 801ms\n\
+                   rtt min/avg/max/mdev = 20.112/20.348/20.610/0.180 ms\n";
+        assert_eq!(ping_average(out), Some(20.348));
+        assert_eq!(ping_average("5 packets transmitted, 0 received"), None);
+    }
 
     #[test]
     fn reads_tcp_counters_by_name() {

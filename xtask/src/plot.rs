@@ -290,7 +290,7 @@ mod tests {
             cv: None,
             cpu: 0.0,
             fairness: None,
-            bars: Bars::Veth,
+            bars: Bars::Veth { ping_ms: None },
             link: None,
         };
         let rows = [

@@ -204,13 +204,36 @@ pub struct Row {
 }
 
 /// The bars a row is held to: issue 4's on this machine's veth and
-/// loopback, or issue 12's at a real round trip.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+/// loopback, or issue 12's at a real round trip. Either way `ping_ms` is
+/// the round trip ping measured over the row's veth, if it did.
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Bars {
-    #[default]
-    Veth,
-    /// `netem_ms` of delay, and the round trip ping measured (if it did).
-    Rtt { netem_ms: u32, ping_ms: Option<f64> },
+    Veth {
+        ping_ms: Option<f64>,
+    },
+    /// `netem_ms` of delay on the veth.
+    Rtt {
+        netem_ms: u32,
+        ping_ms: Option<f64>,
+    },
+}
+
+impl Bars {
+    fn ping_ms(self) -> Option<f64> {
+        match self {
+            Bars::Veth { ping_ms } | Bars::Rtt { ping_ms, .. } => ping_ms,
+        }
+    }
+}
+
+/// A round trip as people write it: microseconds on a bare veth,
+/// milliseconds with a delay.
+pub fn round_trip(ms: f64) -> String {
+    if ms < 1.0 {
+        format!("{:.0} µs", ms * 1000.0)
+    } else {
+        format!("{ms:.1} ms")
+    }
 }
 
 /// The least a TCP connection sends per round trip is two segments (a
@@ -258,7 +281,7 @@ impl Row {
             cv: (!cvs.is_empty()).then(|| median(&cvs)),
             cpu: of(&|m| m.cpu),
             fairness: (!fairness.is_empty()).then(|| median(&fairness)),
-            bars: Bars::Veth,
+            bars: Bars::Veth { ping_ms: None },
             link: None,
         }
     }
@@ -284,9 +307,14 @@ impl Row {
             .then(|| format!("a link of the limit reaches {link:.3}"))
     }
 
+    /// Whether issue 12 holds the row to its bars for 1 MiB/s and above.
+    fn fast(&self) -> bool {
+        self.case.limit >= 1 << 20
+    }
+
     /// The round-trip section's bounds of achieved/limit for this row.
     fn rate_bar(&self) -> (f64, f64) {
-        if self.case.limit >= 1 << 20 {
+        if self.fast() {
             (0.95, 1.02)
         } else {
             (0.90, 1.05)
@@ -297,17 +325,13 @@ impl Row {
     /// with the smallest windows (see [`least_offered`]): the reason, for
     /// the verdict; the waste bar does not apply there.
     pub fn physics(&self) -> Option<String> {
-        let Bars::Rtt {
-            ping_ms: Some(rtt), ..
-        } = self.bars
-        else {
-            return None;
-        };
+        let rtt = self.bars.ping_ms()?;
         let flows = self.case.traffic.flows();
         let least = least_offered(flows, self.case.link.mss(), rtt);
         (self.case.traffic != Traffic::Udp && least > self.case.limit as f64).then(|| {
             format!(
-                "physics: {flows} × 2 MSS / {rtt:.1} ms = {} > the limit",
+                "physics: {flows} × 2 MSS / {} = {} > the limit",
+                round_trip(rtt),
                 rate(least)
             )
         })
@@ -333,7 +357,7 @@ impl Row {
                 if !(0.95..=1.02).contains(&self.ratio) {
                     misses.push("rate");
                 }
-                if self.waste > 0.10 {
+                if self.waste > 0.10 && self.physics().is_none() {
                     misses.push("waste");
                 }
                 let single = matches!(case.traffic, Traffic::Tcp { flows: 1 } | Traffic::Curl);
@@ -364,14 +388,13 @@ impl Row {
     /// index at least 0.95 for several iperf3 flows, physics permitting.
     fn rtt_misses(&self, netem_ms: u32, misses: &mut Vec<&'static str>) {
         let case = &self.case;
-        let fast = case.limit >= 1 << 20;
         let (low, high) = self.rate_bar();
         if !(low..=high).contains(&self.ratio) && self.link_bound().is_none() {
             misses.push("rate");
         }
         let possible = self.physics().is_none();
         let single = case.traffic.flows() == 1;
-        let waste_bar = match (fast, single) {
+        let waste_bar = match (self.fast(), single) {
             (true, true) => Some(0.03),
             (true, false) => Some(0.05),
             (false, true) if case.limit >= 64 << 10 => Some(0.10),
@@ -453,7 +476,8 @@ pub fn rate(bytes_per_sec: f64) -> String {
 /// What the columns of [`table`] mean.
 pub const LEGEND: &str = "\
 - achieved/limit: bytes received per second ÷ limit, as iperf3's receiving side counts them, and for curl and aria2c as the HTTP server's TCP saw them acknowledged (bar: TCP on veth 0.95–1.02, UDP ≤ 1.02, lo 0.90–1.05)
-- waste: max(bytes throttle dropped, sender TcpRetransSegs × MSS) ÷ bytes delivered (bar: ≤ 10 % for TCP on veth)
+- waste: max(bytes throttle dropped, sender TcpRetransSegs × MSS) ÷ bytes delivered (bar: ≤ 10 % for TCP on veth, physics permitting)
+- physics: the connections are offered more than the limit even at the smallest window, two segments per round trip (N × 2 MSS / RTT > limit, RTT as ping measured it over the veth); only drops can hold such a limit, so the waste bar does not apply
 - CV: coefficient of variation of the per-second receive rate (bar: ≤ 0.10 for one TCP flow or curl at ≥ 1 MiB/s)
 - fairness: Jain's index of the bytes each of several iperf3 flows received (1: equal; 1/n: one took all)
 - CPU: user + system seconds of the client side (limiter and iperf3, curl or aria2c)
@@ -510,16 +534,21 @@ pub fn markdown(
     secs: u32,
     warmup: u32,
     reps: usize,
+    veth_ping: &Result<f64, String>,
 ) -> String {
     let mut out = String::new();
+    let veth_rtt = match veth_ping {
+        Ok(ms) => format!("a round trip of {} as ping measured it", round_trip(*ms)),
+        Err(why) => format!("ping failed ({why}), so no row is reckoned by physics"),
+    };
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let _ = writeln!(out, "# throttle benchmark\n");
     let _ = writeln!(
         out,
         "Kernel {}; {} CPUs. Each row is the median of {reps} runs of {secs} s measured after a \
          warm-up of {warmup} s (waste counts the warm-up too); the no-limiter TCP and curl runs do not \
-         depend on the limit and are measured once per kind of case. veth: MTU 1500 into a network namespace; \
-         lo: loopback. Every contender runs the same iperf3 or curl command with the same limit \
+         depend on the limit and are measured once per kind of case. veth: MTU 1500 into a network namespace, \
+         {veth_rtt}; lo: loopback. Every contender runs the same iperf3 or curl command with the same limit \
          on both directions.\n",
         kernel.trim(),
         std::thread::available_parallelism().map_or(0, |n| n.get())
@@ -658,6 +687,32 @@ mod tests {
             bound.verdict()
         );
         assert_eq!(least_offered(1, 1448, 80.0), 36_200.0);
+    }
+
+    #[test]
+    fn on_the_bare_veth_physics_spares_the_waste_of_slow_limits_only() {
+        let at = |flows, limit: u64, ping_ms| {
+            let case = Case::new(Link::Veth, Traffic::Tcp { flows }, Dir::Down, limit);
+            let m = Measurement {
+                achieved: limit as f64,
+                delivered: 1000,
+                dropped: 2000,
+                retransmitted_bytes: 0,
+                ..measurement(vec![1.0, 1.0])
+            };
+            Row::new(case, Contender::Throttle, &[Ok(m)]).held_to(Bars::Veth { ping_ms })
+        };
+        // Two segments per 50 µs are 55 MiB/s for one flow.
+        let bound = at(8, 64 << 10, Some(0.05));
+        assert!(bound.misses().is_empty());
+        assert!(
+            bound.verdict().contains("physics: 8 × 2 MSS / 50 µs"),
+            "{}",
+            bound.verdict()
+        );
+        assert_eq!(at(1, 128 << 20, Some(0.05)).misses(), vec!["waste"]);
+        // Without a round trip, nothing is reckoned.
+        assert_eq!(at(8, 64 << 10, None).misses(), vec!["waste"]);
     }
 
     #[test]
