@@ -145,16 +145,16 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
         throttle: &throttle,
         plan: &plan,
     };
-    let veth_ping = ping(&lab.netns.peer.to_string()).map_err(|e| format!("{e:#}"));
-    let veth_bars = report::Bars::Veth {
-        ping_ms: veth_ping.as_ref().ok().copied(),
-    };
 
     if options.picture {
         let path = picture(&bench, &options.out)?;
         eprintln!("wrote {}", path.display());
         return Ok(());
     }
+    let veth_ping = lab.ping();
+    let veth_bars = report::Bars::Veth {
+        ping_ms: veth_ping.as_ref().ok().copied(),
+    };
     let mut rows = Vec::new();
     // Without a limiter a TCP or curl run does not depend on the limit, so
     // it is measured once per kind of case and shown in each limit's rows.
@@ -252,7 +252,7 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
 }
 
 /// The average round trip of five pings to `addr`, in milliseconds.
-pub fn ping(addr: &str) -> Result<f64> {
+fn ping(addr: &str) -> Result<f64> {
     let out = Command::new("ping")
         .args(["-q", "-c", "5", "-i", "0.2", "-W", "2", addr])
         .output()
@@ -339,6 +339,12 @@ impl Drop for Server {
 }
 
 impl Lab {
+    /// The round trip over the veth in milliseconds, as ping measures it
+    /// now, or why it could not.
+    pub fn ping(&self) -> Result<f64, String> {
+        ping(&self.netns.peer.to_string()).map_err(|e| format!("{e:#}"))
+    }
+
     pub fn new() -> Result<Lab> {
         let netns = Netns::new();
         let veth_iperf = iperf_server(Some(&netns.name), netns.peer)?;

@@ -82,6 +82,11 @@ pub struct Case {
 }
 
 impl Case {
+    /// Whether issue 12 holds the case to its bars for 1 MiB/s and above.
+    pub fn fast(&self) -> bool {
+        self.limit >= 1 << 20
+    }
+
     pub fn new(link: Link, traffic: Traffic, dir: Dir, limit: u64) -> Case {
         Case {
             link,
@@ -307,14 +312,9 @@ impl Row {
             .then(|| format!("a link of the limit reaches {link:.3}"))
     }
 
-    /// Whether issue 12 holds the row to its bars for 1 MiB/s and above.
-    fn fast(&self) -> bool {
-        self.case.limit >= 1 << 20
-    }
-
     /// The round-trip section's bounds of achieved/limit for this row.
     fn rate_bar(&self) -> (f64, f64) {
-        if self.fast() {
+        if self.case.fast() {
             (0.95, 1.02)
         } else {
             (0.90, 1.05)
@@ -394,7 +394,7 @@ impl Row {
         }
         let possible = self.physics().is_none();
         let single = case.traffic.flows() == 1;
-        let waste_bar = match (self.fast(), single) {
+        let waste_bar = match (case.fast(), single) {
             (true, true) => Some(0.03),
             (true, false) => Some(0.05),
             (false, true) if case.limit >= 64 << 10 => Some(0.10),

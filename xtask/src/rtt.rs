@@ -138,7 +138,8 @@ impl Matrix {
             count += 1;
             secs += run(0);
             for &limit in self.limits.iter().filter(|&&l| self.applies(traffic, l)) {
-                let contenders = if beside_link(dir, limit) { 3 } else { 2 };
+                let case = Case::new(Link::Veth, traffic, dir, limit);
+                let contenders = if beside_link(&case) { 3 } else { 2 };
                 count += contenders;
                 secs += contenders as u64 * run(limit);
             }
@@ -154,8 +155,8 @@ impl Matrix {
 /// Whether a link of the limit ([`Contender::Link`]) runs beside throttle:
 /// for downloads at the limits whose rate bar is 0.95, where a client's own
 /// start and end at a long round trip can cost more than that.
-fn beside_link(dir: Dir, limit: u64) -> bool {
-    dir == Dir::Down && limit >= MIB
+fn beside_link(case: &Case) -> bool {
+    case.dir == Dir::Down && case.fast()
 }
 
 /// Host side: boots the 6.12 guest, runs the benchmark there and returns
@@ -269,7 +270,7 @@ pub fn run_inside(options: &Options) -> Result<()> {
     let mut sections = Vec::new();
     for &rtt in &matrix.rtts {
         set_delay(&lab.netns.name, &lab.netns.link, rtt)?;
-        let ping = crate::bench::ping(&lab.netns.peer.to_string()).map_err(|e| format!("{e:#}"));
+        let ping = lab.ping();
         for &sender in &matrix.senders {
             set_sender(&lab.netns.name, sender)?;
             let mut section = Section {
@@ -311,7 +312,7 @@ pub fn run_inside(options: &Options) -> Result<()> {
                         netem_ms: rtt,
                         ping_ms: section.ping.as_ref().ok().copied(),
                     };
-                    let link = if beside_link(dir, limit) {
+                    let link = if beside_link(&case) {
                         set_link(
                             &lab.netns.name,
                             &lab.netns.link,
