@@ -65,7 +65,7 @@ _throttle() {
 
     case "${cmd}" in
         throttle)
-            opts="-h -V --down --up --burst --exclude --only --user --name --kill-after --wait-all --summary --help --version doctor cleanup list set stats completions help"
+            opts="-h -V --down --up --burst --exclude --only --user --keep-env --name --kill-after --wait-all --summary --help --version doctor cleanup list set stats completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -92,6 +92,10 @@ _throttle() {
                     return 0
                     ;;
                 --user)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --keep-env)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_throttle_global_optspecs
-    string join \n down= up= burst= exclude= only= user= name= kill-after= wait-all summary= h/help V/version
+    string join \n down= up= burst= exclude= only= user= keep-env= name= kill-after= wait-all summary= h/help V/version
 end
 
 function __fish_throttle_needs_command
@@ -29,7 +29,8 @@ complete -c throttle -n "__fish_throttle_needs_command" -l up -d 'Limit the uplo
 complete -c throttle -n "__fish_throttle_needs_command" -l burst -d 'Bucket depth: how far a burst may run ahead of the rate; at least 125 ms of each limited rate and 16K [default: 250 ms of the rate, at least 16K]' -r
 complete -c throttle -n "__fish_throttle_needs_command" -l exclude -d 'Leave traffic to and from CIDR unlimited (still counted, apart); repeatable. \'local\' is loopback and link-local' -r
 complete -c throttle -n "__fish_throttle_needs_command" -l only -d 'Limit only traffic to and from CIDR; repeatable. With --exclude, the longest matching network decides' -r
-complete -c throttle -n "__fish_throttle_needs_command" -l user -d 'Run COMMAND as USER (name or uid), with that user\'s groups and HOME, SHELL, USER and LOGNAME, as \'setpriv --init-groups\' and \'runuser\' do; needs root. Without it the command runs as the caller: as root under sudo' -r
+complete -c throttle -n "__fish_throttle_needs_command" -l user -d 'Run COMMAND as USER (name or uid), with that user\'s groups, a reset environment (see --keep-env) and a session of its own without the caller\'s controlling terminal, as \'runuser -l -c\' does; needs root. Without it the command runs as the caller: as root under sudo' -r
+complete -c throttle -n "__fish_throttle_needs_command" -l keep-env -d 'With --user, keep the caller\'s variable NAME (repeatable, or NAME,NAME); the command otherwise gets PATH, HOME, SHELL, USER, LOGNAME, TERM and the locale only, as \'runuser -l\' and sudo\'s env_reset give it' -r
 complete -c throttle -n "__fish_throttle_needs_command" -l name -d 'Name of the run, for \'throttle list/set/stats\' [default: COMMAND-PID]' -r
 complete -c throttle -n "__fish_throttle_needs_command" -l kill-after -d 'After COMMAND exits, how long processes it left behind get between SIGTERM and SIGKILL' -r
 complete -c throttle -n "__fish_throttle_needs_command" -l summary -d 'At exit, print one line on stderr: bytes, duration, average rates and drops per direction. UDP sent over the upload limit is dropped without telling the sender (iperf3 reports 0% loss): its drops are counted here and in \'throttle stats\'' -r -f -a "text\t'For people: units and rounding'

@@ -4,7 +4,7 @@
 use std::{
     fs::{self, File},
     io,
-    os::fd::AsFd,
+    os::fd::{AsFd, FromRawFd as _},
     path::{Component, Path, PathBuf},
     thread,
     time::{Duration, Instant},
@@ -13,7 +13,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use nix::{
     errno::Errno,
-    sys::signal::{Signal, kill},
+    sys::signal::Signal,
     unistd::{Pid, Uid},
 };
 
@@ -69,11 +69,17 @@ fn unescape(field: &str) -> String {
 
 /// The calling process's own cgroup v2 directory.
 pub fn own_cgroup(mount: &Path) -> Result<PathBuf> {
-    let text = fs::read_to_string("/proc/self/cgroup").context("reading /proc/self/cgroup")?;
+    cgroup_of(mount, "self")
+}
+
+/// The cgroup v2 directory of process `who` (a pid, or `self`).
+fn cgroup_of(mount: &Path, who: &str) -> Result<PathBuf> {
+    let file = format!("/proc/{who}/cgroup");
+    let text = fs::read_to_string(&file).with_context(|| format!("reading {file}"))?;
     let relative = text
         .lines()
         .find_map(|line| line.strip_prefix("0::"))
-        .context("/proc/self/cgroup has no cgroup v2 (0::) entry")?;
+        .with_context(|| format!("{file} has no cgroup v2 (0::) entry"))?;
     Ok(mount.join(relative.trim_start_matches('/')))
 }
 
@@ -264,17 +270,66 @@ pub fn pids(path: &Path) -> Result<Vec<Pid>> {
 }
 
 /// Sends `signal` to every process in the cgroup and its descendants.
+///
+/// A pid read from `cgroup.procs` may belong to another process by the
+/// time it is signalled, if its own exited and the pid was reused: each
+/// process is opened as a pidfd first, which names that one process for
+/// good, and is signalled through it only if it is still in this cgroup.
 pub fn signal_all(path: &Path, signal: Signal) -> Result<()> {
+    let mount = find_mount()?;
     for dir in subtree(path)? {
         for pid in pids(&dir)? {
-            // ESRCH: it exited since we read the list.
-            match kill(pid, signal) {
-                Ok(()) | Err(Errno::ESRCH) => {}
+            match signal_member(&mount, path, pid, signal) {
+                Ok(()) => {}
+                // It exited (or left) since the list was read.
+                Err(Errno::ESRCH) => {}
                 Err(e) => return Err(e).with_context(|| format!("sending {signal} to {pid}")),
             }
         }
     }
     Ok(())
+}
+
+/// Signals `pid` through a pidfd if that process is inside `cgroup`;
+/// ESRCH if it is not (any more).
+fn signal_member(mount: &Path, cgroup: &Path, pid: Pid, signal: Signal) -> nix::Result<()> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    let fd = Errno::result(fd)?;
+    // SAFETY: the kernel just returned this fd, and nothing else owns it.
+    let pidfd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+    // The pidfd's process was alive when opened; if it still is after the
+    // read (signal 0 through the pidfd), /proc/PID was its own.
+    let inside = cgroup_of(mount, &pid.to_string()).is_ok_and(|of| of.starts_with(cgroup));
+    send(&pidfd, 0)?;
+    if !inside {
+        return Err(Errno::ESRCH);
+    }
+    send(&pidfd, signal as i32)
+}
+
+fn send(pidfd: &std::os::fd::OwnedFd, signal: i32) -> nix::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: pidfd_send_signal takes a pidfd, a signal, no siginfo and no
+    // flags; it reads no memory of ours.
+    let sent = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    Errno::result(sent).map(drop)
+}
+
+/// Freezes (or thaws) every process in the cgroup and its descendants
+/// through `cgroup.freeze` (Linux 5.2).
+pub fn freeze(path: &Path, frozen: bool) -> Result<()> {
+    let file = path.join("cgroup.freeze");
+    fs::write(&file, if frozen { "1" } else { "0" })
+        .with_context(|| format!("writing {}", file.display()))
 }
 
 /// Waits until the cgroup is empty; false on timeout.
@@ -353,6 +408,40 @@ fn subtree(path: &Path) -> Result<Vec<PathBuf>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_process_inside_the_cgroup_is_signalled() {
+        if !Uid::effective().is_root() {
+            assert_ne!(
+                std::env::var("CI").as_deref(),
+                Ok("true"),
+                "needs root under CI"
+            );
+            eprintln!("SKIPPED: needs root (a scratch cgroup)");
+            return;
+        }
+        let mount = find_mount().unwrap();
+        let scratch = mount.join(format!("throttle-unit-signal-{}", std::process::id()));
+        fs::create_dir(&scratch).unwrap();
+        let mut sleeper = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = Pid::from_raw(sleeper.id() as i32);
+        let outside = signal_member(&mount, &scratch, pid, Signal::SIGKILL);
+        let untouched = sleeper.try_wait().unwrap().is_none();
+        fs::write(scratch.join("cgroup.procs"), sleeper.id().to_string()).unwrap();
+        let inside = signal_member(&mount, &scratch, pid, Signal::SIGKILL);
+        let status = sleeper.wait().unwrap();
+        fs::remove_dir(&scratch).unwrap();
+        assert_eq!(outside, Err(Errno::ESRCH));
+        assert!(untouched, "a process outside the cgroup was killed");
+        assert_eq!(inside, Ok(()));
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9)
+        );
+    }
 
     const HYBRID: &str = "\
 31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755

@@ -89,9 +89,13 @@ pub struct RunArgs {
     #[arg(long, value_name = "CIDR", value_parser = place)]
     pub only: Vec<Place>,
 
-    /// Run COMMAND as USER (name or uid), with that user's groups and HOME, SHELL, USER and LOGNAME, as 'setpriv --init-groups' and 'runuser' do; needs root. Without it the command runs as the caller: as root under sudo
+    /// Run COMMAND as USER (name or uid), with that user's groups, a reset environment (see --keep-env) and a session of its own without the caller's controlling terminal, as 'runuser -l -c' does; needs root. Without it the command runs as the caller: as root under sudo
     #[arg(long, value_name = "USER", value_parser = identity::parse)]
     pub user: Option<Identity>,
+
+    /// With --user, keep the caller's variable NAME (repeatable, or NAME,NAME); the command otherwise gets PATH, HOME, SHELL, USER, LOGNAME, TERM and the locale only, as 'runuser -l' and sudo's env_reset give it
+    #[arg(long, value_name = "NAME", value_delimiter = ',', value_parser = identity::variable_name)]
+    pub keep_env: Vec<String>,
 
     /// Name of the run, for 'throttle list/set/stats' [default: COMMAND-PID]
     #[arg(long, value_name = "NAME", value_parser = run_name)]

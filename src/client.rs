@@ -23,7 +23,7 @@ use crate::{
 
 /// Longest reply line read; a run's longest is its info, with its command.
 const MAX_REPLY: usize = 1 << 20;
-/// How long a whole reply may take to arrive.
+/// How long a whole reply to `set` or `stats` may take to arrive.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A failure with its exit status.
@@ -38,21 +38,33 @@ fn fail<T>(code: u8, message: String) -> Outcome<T> {
     Err(Failure { code, message })
 }
 
+/// How long finding a run may take: connecting to every candidate, and
+/// asking those that are not told apart by name alone who they are. A
+/// socket that stalls (another user's, planted) costs this once, not once
+/// per socket, because the candidates are asked at the same time.
+const FIND_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// A connection to one run's control socket.
 struct Connection {
     socket: PathBuf,
     stream: UnixStream,
+    /// The wrapper's pid, as the kernel recorded it (SO_PEERCRED), not as
+    /// the run says.
+    pid: u32,
     /// Bytes read past the last reply line.
     pending: Vec<u8>,
+    /// When every reply on this connection must have arrived.
+    deadline: Instant,
 }
 
 impl Connection {
-    /// Connects to run `name`'s socket in `dir`, which refuses anything but
-    /// a socket served by the uid whose runs live there.
-    fn open(dir: &RunDir, name: &str) -> Outcome<Connection> {
+    /// Connects to run `name`'s socket in `dir` by `deadline`, which
+    /// refuses anything but a socket served by the uid whose runs live
+    /// there.
+    fn open(dir: &RunDir, name: &str, deadline: Instant) -> Outcome<Connection> {
         let file = rundir::socket_file(name);
         let socket = dir.path().join(&file);
-        let stream = dir.connect(&file).or_else(|e| {
+        let (stream, pid) = dir.connect(&file, deadline).or_else(|e| {
             // A message of our own (the peer check) says more than the errno.
             let said = e.get_ref().map(ToString::to_string);
             match e.kind() {
@@ -81,13 +93,26 @@ impl Connection {
         Ok(Connection {
             socket,
             stream,
+            pid,
             pending: Vec::new(),
+            deadline,
         })
+    }
+
+    /// Gives the replies still to come until `deadline`.
+    fn until(&mut self, deadline: Instant) {
+        self.deadline = deadline;
     }
 
     fn request<T: DeserializeOwned>(&mut self, request: &Request) -> Outcome<T> {
         // One write; if the run has already answered and hung up (a
-        // refusal, "busy"), its reply is still waiting to be read.
+        // refusal, "busy"), its reply is still waiting to be read. A
+        // server that reads nothing cannot block the write for long: the
+        // request is one short line.
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        let _ = self
+            .stream
+            .set_write_timeout(Some(left.max(Duration::from_millis(1))));
         let written = self.stream.write_all(request.to_line().as_bytes());
         let line = match (self.reply_line(), written) {
             (Ok(line), _) => line,
@@ -117,10 +142,16 @@ impl Connection {
         self.request(&Request::Stats)
     }
 
-    /// One reply line, at most [`MAX_REPLY`] bytes within [`REPLY_TIMEOUT`],
-    /// however the server dribbles it.
+    /// Stats within a fresh [`REPLY_TIMEOUT`], for `stats --watch`, which
+    /// asks for as long as the run lasts.
+    fn stats_now(&mut self) -> Outcome<Stats> {
+        self.until(Instant::now() + REPLY_TIMEOUT);
+        self.stats()
+    }
+
+    /// One reply line, at most [`MAX_REPLY`] bytes by the connection's
+    /// deadline, however the server dribbles it.
     fn reply_line(&mut self) -> Outcome<Vec<u8>> {
-        let deadline = Instant::now() + REPLY_TIMEOUT;
         let gone = |what: String| Failure {
             code: exit::RUN_GONE,
             message: format!("the run at {} {what}", self.socket.display()),
@@ -139,9 +170,9 @@ impl Connection {
                     ),
                 );
             }
-            let left = deadline.saturating_duration_since(Instant::now());
+            let left = self.deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(gone(format!("sent no reply within {REPLY_TIMEOUT:?}")));
+                return Err(gone("sent no reply in time".into()));
             }
             let _ = self.stream.set_read_timeout(Some(left));
             match self.stream.read(&mut chunk) {
@@ -154,30 +185,107 @@ impl Connection {
     }
 }
 
-/// Every run the caller may see: its directory and its name.
-fn visible_runs() -> Vec<(RunDir, String)> {
+/// A run's socket the caller may see: its directory and its name.
+struct Candidate {
+    dir: RunDir,
+    name: String,
+}
+
+impl Candidate {
+    /// `NAME@UID`: the name, and the uid whose runs the directory holds.
+    fn qualified(&self) -> String {
+        format!("{}@{}", self.name, self.dir.runs_owner())
+    }
+}
+
+/// Every run the caller may see, and the directories passed over.
+fn visible_runs() -> (Vec<Candidate>, Vec<String>) {
+    let found = rundir::visible();
+    let mut refused = found.refused;
     let mut runs = Vec::new();
-    for dir in rundir::visible() {
+    for dir in found.dirs {
         let names = match dir.names(SOCKET_SUFFIX) {
             Ok(names) => names,
             Err(e) => {
-                eprintln!("throttle: warning: {e:#}");
+                refused.push(format!("{e:#}"));
                 continue;
             }
         };
         for name in names {
             if let Ok(dir) = dir.try_clone() {
-                runs.push((dir, name));
+                runs.push(Candidate { dir, name });
             }
         }
     }
-    runs
+    (runs, refused)
 }
 
-/// Finds the run named NAME, or whose wrapper has pid PID; with
-/// no target, the run this process is inside of (THROTTLE_SOCKET).
+/// Runs `work` on every item at once, each in a thread of its own (at most
+/// [`PARALLEL`] at a time), and returns the results in order. Every `work`
+/// must bound itself in time: a deadline is what keeps one stalled run
+/// from holding up the rest.
+fn each<T: Send, R: Send>(items: &mut [T], work: impl Fn(&mut T) -> R + Sync) -> Vec<R> {
+    let mut results = Vec::with_capacity(items.len());
+    for chunk in items.chunks_mut(PARALLEL) {
+        thread::scope(|scope| {
+            let handles: Vec<_> = chunk
+                .iter_mut()
+                .map(|item| scope.spawn(|| work(item)))
+                .collect();
+            for handle in handles {
+                match handle.join() {
+                    Ok(result) => results.push(result),
+                    Err(panic) => std::panic::resume_unwind(panic),
+                }
+            }
+        });
+    }
+    results
+}
+
+/// How many runs are asked at the same time.
+const PARALLEL: usize = 64;
+
+/// What `set` and `stats` are pointed at: NAME, NAME@UID, or a wrapper's PID.
+enum Target<'a> {
+    Name { name: &'a str, uid: Option<u32> },
+    Pid(u32),
+}
+
+impl<'a> Target<'a> {
+    fn parse(text: &'a str) -> Target<'a> {
+        if let Ok(pid) = text.parse() {
+            return Target::Pid(pid);
+        }
+        match text.rsplit_once('@').map(|(n, u)| (n, u.parse().ok())) {
+            Some((name, Some(uid))) => Target::Name {
+                name,
+                uid: Some(uid),
+            },
+            _ => Target::Name {
+                name: text,
+                uid: None,
+            },
+        }
+    }
+
+    fn names(&self, candidate: &Candidate) -> bool {
+        match self {
+            Target::Name { name, uid } => {
+                candidate.name == *name
+                    && uid.is_none_or(|uid| candidate.dir.runs_owner().as_raw() == uid)
+            }
+            Target::Pid(_) => true,
+        }
+    }
+}
+
+/// Finds the run named NAME (NAME@UID where several users' runs have that
+/// name), or whose wrapper has pid PID; with no target, the run this
+/// process is inside of (THROTTLE_SOCKET).
 fn find(target: Option<&str>) -> Outcome<Connection> {
-    let Some(target) = target else {
+    let deadline = Instant::now() + FIND_TIMEOUT;
+    let Some(text) = target else {
         return match std::env::var_os("THROTTLE_SOCKET") {
             Some(socket) => {
                 let (dir, file) = RunDir::of_socket(Path::new(&socket)).map_err(|e| Failure {
@@ -185,7 +293,7 @@ fn find(target: Option<&str>) -> Outcome<Connection> {
                     message: format!("THROTTLE_SOCKET: {e:#}"),
                 })?;
                 let name = file.strip_suffix(SOCKET_SUFFIX).unwrap_or(&file);
-                Connection::open(&dir, name)
+                Connection::open(&dir, name, deadline)
             }
             None => fail(
                 exit::NO_SUCH_RUN,
@@ -193,23 +301,57 @@ fn find(target: Option<&str>) -> Outcome<Connection> {
             ),
         };
     };
-    let pid: Option<u32> = target.parse().ok();
-    for (dir, name) in visible_runs() {
-        if pid.is_none() && name != target {
-            continue;
+    let target = Target::parse(text);
+    let (runs, _) = visible_runs();
+    let mut candidates: Vec<Candidate> = runs.into_iter().filter(|c| target.names(c)).collect();
+    let mut found: Vec<(Connection, String)> = match target {
+        // By name, the directory says who the run is: only a run with that
+        // name is asked, and its failure is the answer.
+        Target::Name { .. } => {
+            if candidates.len() > 1 {
+                return ambiguous(text, candidates.iter().map(Candidate::qualified));
+            }
+            let Some(only) = candidates.first() else {
+                return no_such_run(text);
+            };
+            return Connection::open(&only.dir, &only.name, deadline);
         }
-        let mut run = match Connection::open(&dir, &name) {
-            Ok(run) => run,
-            Err(_) if pid.is_some() => continue,
-            Err(e) => return Err(e),
-        };
-        if pid.is_none() || Some(run.info()?.pid) == pid {
-            return Ok(run);
-        }
+        // By pid, every run is asked at once, and the kernel says which
+        // wrapper serves each socket: a run that fails to answer, or lies
+        // about its pid, is simply not the one.
+        Target::Pid(pid) => each(&mut candidates, |c| {
+            Connection::open(&c.dir, &c.name, deadline)
+                .ok()
+                .filter(|run| run.pid == pid)
+                .map(|run| (run, c.qualified()))
+        })
+        .into_iter()
+        .flatten()
+        .collect(),
+    };
+    match found.len() {
+        0 => no_such_run(text),
+        1 => Ok(found.remove(0).0),
+        _ => ambiguous(text, found.into_iter().map(|(_, name)| name)),
     }
+}
+
+fn no_such_run<T>(target: &str) -> Outcome<T> {
     fail(
         exit::NO_SUCH_RUN,
         format!("no run named or with pid '{target}' (see 'throttle list')"),
+    )
+}
+
+fn ambiguous<T>(target: &str, candidates: impl Iterator<Item = String>) -> Outcome<T> {
+    let candidates: Vec<String> = candidates.collect();
+    fail(
+        exit::AMBIGUOUS,
+        format!(
+            "'{target}' names {} runs: {}; pick one as NAME@UID",
+            candidates.len(),
+            candidates.join(", ")
+        ),
     )
 }
 
@@ -218,7 +360,7 @@ fn find(target: Option<&str>) -> Outcome<Connection> {
 pub fn printable(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
-        if c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') {
+        if c.is_control() || is_reordering(c) {
             out.extend(c.escape_default());
         } else {
             out.push(c);
@@ -252,6 +394,7 @@ pub fn set(target: Option<&str>, changes: &Changes) -> Outcome<()> {
         );
     }
     let mut run = find(target)?;
+    run.until(Instant::now() + REPLY_TIMEOUT);
     let reply: SetReply = run.request(&Request::Set(changes.clone()))?;
     let mut line = format!(
         "down {}, up {}",
@@ -295,11 +438,11 @@ pub fn stats(target: Option<&str>, watch: Option<Duration>, as_json: bool) -> Ou
     let mut run = find(target)?;
     let interval = watch.unwrap_or(Duration::from_secs(1));
     let tty = std::io::stdout().is_terminal() && !as_json;
-    let mut before = run.stats()?;
+    let mut before = run.stats_now()?;
     let mut at = Instant::now();
     loop {
         thread::sleep(interval);
-        let after = match run.stats() {
+        let after = match run.stats_now() {
             Ok(after) => after,
             Err(e) if watch.is_some() && e.code == exit::RUN_GONE => {
                 if tty {
@@ -359,8 +502,26 @@ pub fn stats(target: Option<&str>, watch: Option<Duration>, as_json: bool) -> Ou
     }
 }
 
+/// `value` as JSON, with the invisible characters that reorder a line
+/// escaped as well as the control characters JSON itself escapes, so a run
+/// that names itself with them cannot disguise a row on a terminal.
 fn to_json<T: Serialize>(value: &T) -> String {
-    serde_json::to_string(value).expect("client output always serialises")
+    let json = serde_json::to_string(value).expect("client output always serialises");
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        if is_reordering(c) {
+            // Only ever inside a string: JSON's syntax is plain ASCII.
+            let _ = write!(out, "\\u{:04x}", u32::from(c));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The bidirectional embeddings, overrides and isolates.
+fn is_reordering(c: char) -> bool {
+    matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 /// One row of `list`.
@@ -383,52 +544,65 @@ enum Row {
 
 /// A run that could not be read, unless it has simply ended (its socket is
 /// gone), which is no row at all.
-fn unreadable(dir: &RunDir, name: &str, failure: Failure) -> Option<Row> {
-    let gone = !dir.contains(&rundir::socket_file(name));
+fn unreadable(run: &Candidate, failure: Failure) -> Option<Row> {
+    let gone = !run.dir.contains(&rundir::socket_file(&run.name));
     (!gone).then(|| Row::Unreadable {
-        name: name.into(),
+        name: run.name.clone(),
         error: failure.message,
     })
 }
 
 /// Every visible run, each a row; one that could not be read says why in
-/// its row (`error`), and the list then ends with [`exit::INCOMPLETE`].
+/// its row (`error`), and the list then ends with [`exit::INCOMPLETE`], as
+/// it does when a directory was passed over. Every run is asked at once,
+/// with one deadline for the whole list, so runs that do not answer (or
+/// sockets planted to stall it) cost [`LIST_TIMEOUT`] in all.
 pub fn list(as_json: bool) -> Outcome<()> {
     const SAMPLE: Duration = Duration::from_millis(500);
-    let mut runs = Vec::new();
-    let mut unreadable_rows = Vec::new();
-    for (dir, name) in visible_runs() {
-        let sampled = Connection::open(&dir, &name).and_then(|mut run| {
-            let info = run.info()?;
-            let first = run.stats()?;
-            Ok((run, info, first))
-        });
-        match sampled {
-            Ok((run, info, first)) => runs.push((run, dir, info, first)),
-            Err(failure) => unreadable_rows.extend(unreadable(&dir, &name, failure)),
-        }
+    const LIST_TIMEOUT: Duration = Duration::from_secs(2);
+    let (mut runs, refused) = visible_runs();
+    for warning in &refused {
+        eprintln!("throttle: warning: {}", printable(warning));
     }
+    let deadline = Instant::now() + LIST_TIMEOUT;
+    let first = each(&mut runs, |run| {
+        let mut connection = Connection::open(&run.dir, &run.name, deadline)?;
+        let info = connection.info()?;
+        let first = connection.stats()?;
+        Ok((connection, info, first))
+    });
     let started = Instant::now();
     thread::sleep(SAMPLE);
+    let deadline = Instant::now() + LIST_TIMEOUT / 2;
+    let mut sampled: Vec<_> = runs.iter().zip(first).collect();
+    let second = each(&mut sampled, |(_, first)| match first {
+        Ok((connection, _, _)) => {
+            connection.until(deadline);
+            Some(connection.stats())
+        }
+        Err(_) => None,
+    });
+    let over = started.elapsed();
     let mut rows = Vec::new();
-    for (mut run, dir, info, first) in runs {
-        let second = match run.stats() {
-            Ok(second) => second,
-            Err(failure) => {
-                unreadable_rows.extend(unreadable(&dir, &info.name, failure));
-                continue;
+    let mut unreadable_rows = Vec::new();
+    for ((run, first), second) in sampled.into_iter().zip(second) {
+        let sample = first.and_then(|(_, info, first)| Ok((info, first, second.transpose()?)));
+        match sample {
+            Ok((info, first, Some(second))) => {
+                let rate = rates(&first, &second, over);
+                rows.push(Row::Live {
+                    name: info.name,
+                    pid: info.pid,
+                    command: info.command,
+                    limits: info.limits,
+                    down_rate: rate.down,
+                    up_rate: rate.up,
+                    counters: second.counters,
+                });
             }
-        };
-        let rate = rates(&first, &second, started.elapsed());
-        rows.push(Row::Live {
-            name: info.name,
-            pid: info.pid,
-            command: info.command,
-            limits: info.limits,
-            down_rate: rate.down,
-            up_rate: rate.up,
-            counters: second.counters,
-        });
+            Ok((_, _, None)) => {}
+            Err(failure) => unreadable_rows.extend(unreadable(run, failure)),
+        }
     }
     let incomplete = unreadable_rows.len();
     rows.extend(unreadable_rows);
@@ -437,11 +611,20 @@ pub fn list(as_json: bool) -> Outcome<()> {
     } else {
         print_table(&rows);
     }
-    if incomplete > 0 {
-        return fail(
-            exit::INCOMPLETE,
-            format!("{incomplete} run(s) could not be read; their rows say why"),
-        );
+    if incomplete > 0 || !refused.is_empty() {
+        let mut what = Vec::new();
+        if incomplete > 0 {
+            what.push(format!(
+                "{incomplete} run(s) could not be read; their rows say why"
+            ));
+        }
+        if !refused.is_empty() {
+            what.push(format!(
+                "{} directory(s) were passed over (see the warnings)",
+                refused.len()
+            ));
+        }
+        return fail(exit::INCOMPLETE, what.join("; "));
     }
     Ok(())
 }
@@ -532,6 +715,14 @@ mod tests {
         assert_eq!(printable("x\u{202e}y\u{9b}"), "x\\u{202e}y\\u{9b}");
         assert_eq!(printable("tab\there\nnew"), "tab\\there\\nnew");
         assert_eq!(printable("grüße"), "grüße");
+    }
+
+    #[test]
+    fn json_output_escapes_what_reorders_a_line() {
+        let json = to_json(&["a\u{202e}b", "\u{2066}x\u{1b}"]);
+        assert_eq!(json, r#"["a\u202eb","\u2066x\u001b"]"#);
+        let back: Vec<String> = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, ["a\u{202e}b", "\u{2066}x\u{1b}"]);
     }
 
     #[test]

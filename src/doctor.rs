@@ -61,10 +61,7 @@ pub fn run() -> Result<ExitCode> {
         report.check("eBPF programs", load_and_attach(mount));
         report.check("stale runs", stale_runs());
     }
-    report.check(
-        "runtime directory",
-        rundir::RunDir::for_runs_of(rundir::owner()).map(|dir| dir.path().display().to_string()),
-    );
+    report.check("runtime directory", runtime_dir());
     if report.failures == 0 {
         println!("throttle is ready to run");
         Ok(ExitCode::SUCCESS)
@@ -129,6 +126,25 @@ fn load_and_attach(mount: &Path) -> Result<String> {
     programs.detach(scratch.dir())?;
     scratch.remove()?;
     Ok("load, attach and detach work".into())
+}
+
+/// The run's runtime directory, and what other users planted under the
+/// names of this user's directories in /tmp, which runs pass over.
+fn runtime_dir() -> Result<String> {
+    let owner = rundir::owner();
+    let dir = rundir::RunDir::for_runs_of(owner)?;
+    let planted: Vec<String> = rundir::planted_for(owner.0)
+        .iter()
+        .map(|(path, maker)| format!("{} (uid {maker})", path.display()))
+        .collect();
+    let mut detail = dir.path().display().to_string();
+    if !planted.is_empty() {
+        detail.push_str(&format!(
+            "; passed over, made by other users under your names: {}; they stop no run of yours, and root can remove them",
+            planted.join(", ")
+        ));
+    }
+    Ok(detail)
 }
 
 fn stale_runs() -> Result<String> {

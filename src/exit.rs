@@ -14,6 +14,9 @@ pub const RUN_GONE: u8 = 5;
 pub const REFUSED: u8 = 6;
 /// `list` showed every run, but could not read some of them.
 pub const INCOMPLETE: u8 = 7;
+/// `set`, `stats`: the NAME or PID given names more than one run (each
+/// is listed, as NAME@UID).
+pub const AMBIGUOUS: u8 = 8;
 /// throttle itself failed (before, or while tearing down after, the command).
 pub const FAILURE: u8 = 125;
 /// The command exists but could not be executed, as env, nice and timeout say.

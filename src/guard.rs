@@ -31,7 +31,7 @@ use nix::{
 };
 
 use crate::{
-    cgroup,
+    cgroup, privileges,
     rundir::{self, RunDir},
 };
 
@@ -121,6 +121,11 @@ fn watch(pipe: OwnedFd, cleanup: &Cleanup, keep: &[RawFd]) -> ! {
         let _ = unsafe { signal(sig, SigHandler::SigIgn) };
     }
     close_other_fds(pipe.as_raw_fd(), keep);
+    // It removes a cgroup and two files and may have to kill what is left:
+    // every other capability of the wrapper goes now, for the whole run.
+    if let Err(e) = privileges::keep_only(&privileges::kept_by_watchdog()) {
+        eprintln!("throttle: watchdog: {e:#}");
+    }
     let _ = nix::unistd::chdir("/");
     let _ = nix::sys::prctl::set_name(c"throttle-guard");
 

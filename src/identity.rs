@@ -1,7 +1,9 @@
 //! `--user`: who the command runs as, resolved before anything is created,
-//! as `setpriv --reuid USER --regid USER --init-groups` and `runuser` do.
+//! as `setpriv --reuid USER --regid USER --init-groups` and `runuser` do,
+//! and the environment it gets, reset as `runuser -l` and sudo's
+//! `env_reset` reset it.
 
-use std::ffi::{CString, OsString};
+use std::ffi::{CString, OsStr, OsString};
 
 use nix::unistd::{Gid, Uid, User, getgrouplist};
 
@@ -13,6 +15,59 @@ pub struct Identity {
     pub gid: Gid,
     pub groups: Vec<Gid>,
     pub env: Vec<(&'static str, OsString)>,
+}
+
+/// The PATH a command run as another user gets, as `runuser -l` gives an
+/// ordinary user: not the caller's, which may name the caller's own
+/// directories.
+const USER_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+/// What a command run as another user keeps of the caller's environment
+/// without `--keep-env`, as sudo's `env_reset` does: the terminal's type
+/// and the locale. Everything else (tokens, agent sockets, proxies,
+/// `LD_*`) stays with the caller.
+fn kept_by_default(name: &OsStr) -> bool {
+    let name = name.as_encoded_bytes();
+    matches!(name, b"TERM" | b"COLORTERM" | b"LANG" | b"LANGUAGE" | b"TZ")
+        || name.starts_with(b"LC_")
+}
+
+impl Identity {
+    /// The command's environment, built from the caller's `inherited` one:
+    /// PATH and the variables naming the user, plus the terminal and locale
+    /// variables and those named in `keep` (`--keep-env`), which win.
+    pub fn environment(
+        &self,
+        inherited: impl Iterator<Item = (OsString, OsString)>,
+        keep: &[String],
+    ) -> Vec<(OsString, OsString)> {
+        let mut env: Vec<(OsString, OsString)> = [("PATH", OsString::from(USER_PATH))]
+            .into_iter()
+            .chain(self.env.iter().cloned())
+            .map(|(k, v)| (OsString::from(k), v))
+            .collect();
+        for (key, value) in inherited {
+            if !kept_by_default(&key) && !keep.iter().any(|k| OsStr::new(k) == key) {
+                continue;
+            }
+            env.retain(|(k, _)| *k != key);
+            env.push((key, value));
+        }
+        env
+    }
+}
+
+/// A `--keep-env` name: what a shell accepts as a variable's name.
+pub fn variable_name(text: &str) -> Result<String, String> {
+    let mut chars = text.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    if first_ok && chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        Ok(text.to_string())
+    } else {
+        Err("expected a variable name: letters, digits and '_', not starting with a digit".into())
+    }
 }
 
 /// `--user`'s value: a user name or a numeric uid with a passwd entry.
@@ -55,5 +110,52 @@ mod tests {
         }
         let err = parse("no-such-user-13").unwrap_err();
         assert!(err.starts_with("no such user; expected"), "{err}");
+    }
+
+    #[test]
+    fn another_users_command_gets_a_reset_environment_and_what_keep_names() {
+        let root = parse("root").unwrap();
+        let caller = [
+            ("PATH", "/home/a/bin:/usr/bin"),
+            ("SSH_AUTH_SOCK", "/tmp/agent"),
+            ("AWS_SECRET_ACCESS_KEY", "s3cr3t"),
+            ("TERM", "xterm"),
+            ("LC_ALL", "C.UTF-8"),
+            ("HOME", "/home/a"),
+            ("HTTPS_PROXY", "http://proxy:3128"),
+        ]
+        .map(|(k, v)| (OsString::from(k), OsString::from(v)));
+        let env = root.environment(caller.clone().into_iter(), &[]);
+        let get = |env: &[(OsString, OsString)], key: &str| {
+            env.iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.to_string_lossy().into_owned())
+        };
+        assert_eq!(get(&env, "PATH").as_deref(), Some(USER_PATH));
+        assert_eq!(get(&env, "HOME").as_deref(), Some("/root"));
+        assert_eq!(get(&env, "USER").as_deref(), Some("root"));
+        assert_eq!(get(&env, "TERM").as_deref(), Some("xterm"));
+        assert_eq!(get(&env, "LC_ALL").as_deref(), Some("C.UTF-8"));
+        for gone in ["SSH_AUTH_SOCK", "AWS_SECRET_ACCESS_KEY", "HTTPS_PROXY"] {
+            assert_eq!(get(&env, gone), None, "{gone}");
+        }
+        let keep = ["HTTPS_PROXY".to_string(), "PATH".to_string()];
+        let env = root.environment(caller.into_iter(), &keep);
+        assert_eq!(
+            get(&env, "HTTPS_PROXY").as_deref(),
+            Some("http://proxy:3128")
+        );
+        assert_eq!(get(&env, "PATH").as_deref(), Some("/home/a/bin:/usr/bin"));
+        assert_eq!(env.iter().filter(|(k, _)| k == "PATH").count(), 1);
+    }
+
+    #[test]
+    fn keep_env_takes_variable_names_only() {
+        assert_eq!(variable_name("HTTPS_PROXY").unwrap(), "HTTPS_PROXY");
+        assert!(variable_name("_x1").is_ok());
+        for bad in ["", "1X", "A=B", "A-B", "Ä"] {
+            let err = variable_name(bad).unwrap_err();
+            assert!(err.starts_with("expected a variable name"), "{bad}: {err}");
+        }
     }
 }

@@ -5,6 +5,7 @@ mod bpf;
 mod cgroup;
 mod cli;
 mod client;
+mod connect;
 mod control;
 mod doctor;
 mod exit;

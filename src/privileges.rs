@@ -153,6 +153,14 @@ pub fn kept_after_start() -> Vec<Capability> {
     ]
 }
 
+/// What the watchdog keeps (see `guard`): as root, CAP_KILL for what a
+/// command running as another user left, and CAP_DAC_OVERRIDE to remove the
+/// cgroup from a parent delegated to the caller. Its links die with the
+/// wrapper, so it needs nothing for BPF.
+pub fn kept_by_watchdog() -> Vec<Capability> {
+    vec![Capability::CAP_KILL, Capability::CAP_DAC_OVERRIDE]
+}
+
 /// Gives up every capability except `keep`, for good: the permitted set
 /// is cut, so they cannot be raised again, and the ambient and inheritable
 /// sets are cleared. Capabilities are per thread, and threads started

@@ -37,6 +37,7 @@ pub struct Plan {
     leftovers: Leftovers,
     summary: Option<SummaryFormat>,
     identity: Option<Identity>,
+    keep_env: Vec<String>,
     owner: (Uid, Gid),
     mount: PathBuf,
     cgroup: PathBuf,
@@ -75,6 +76,13 @@ impl Plan {
         limits
             .check_burst()
             .map_err(|e| BadArguments(format!("--{e}")))?;
+        if args.user.is_none() && !args.keep_env.is_empty() {
+            return Err(BadArguments(format!(
+                "--keep-env {} applies only with --user: without it the command keeps the whole environment",
+                args.keep_env.join(",")
+            ))
+            .into());
+        }
         if args.user.is_some() && !privileges::can_switch_user() {
             return Err(BadArguments(
                 "--user needs root (CAP_SETUID and CAP_SETGID): run throttle with sudo".into(),
@@ -102,10 +110,35 @@ impl Plan {
             },
             summary: args.summary,
             identity: args.user,
+            keep_env: args.keep_env,
             owner,
             mount,
         })
     }
+}
+
+/// The most live runs one user may hold without root. Each holds about
+/// 1.2 MiB of kernel memory that cannot be swapped (its programs and maps),
+/// so without a cap any user with the installed capabilities could pin as
+/// much as they like. Root's runs, sudo runs included, are root's decision.
+const MAX_RUNS_PER_USER: usize = 64;
+
+/// Refuses a run of an ordinary user who already holds
+/// [`MAX_RUNS_PER_USER`] live runs (the sweep has just removed the dead).
+fn check_run_count(dir: &RunDir) -> Result<()> {
+    if Uid::effective().is_root() {
+        return Ok(());
+    }
+    let live = dir.names(rundir::LOCK_SUFFIX)?.len();
+    if live >= MAX_RUNS_PER_USER {
+        anyhow::bail!(
+            "uid {} already has {live} live runs, the most one user may hold \
+             ({MAX_RUNS_PER_USER}: each pins about 1.2 MiB of kernel memory); \
+             end some ('throttle list' shows them) or run this one as root",
+            Uid::effective()
+        );
+    }
+    Ok(())
 }
 
 /// A started run. Its fields are declared in teardown order, and Rust drops
@@ -132,6 +165,7 @@ impl Run {
         for warning in sweep::sweep(&rundir::sweepable(), &plan.mount).warnings {
             eprintln!("throttle: warning: cleaning up after earlier runs: {warning}");
         }
+        check_run_count(&runtime_dir)?;
         let registration = Registration::claim(&runtime_dir, &plan.name, &plan.cgroup)?;
         let guard = Guard::start(
             Cleanup::new(&plan.cgroup, &runtime_dir, &plan.name)?,
@@ -141,7 +175,7 @@ impl Run {
         // passed on to it, so none kills the wrapper between creating the
         // cgroup and starting the command in it. Before, they act as usual
         // and a `timeout` can stop a set-up that hangs.
-        let forwarding = Forwarding::install()?;
+        let forwarding = Forwarding::install(plan.identity.is_some())?;
         let cgroup = RunCgroup::create(&plan.cgroup)?;
         let programs = Programs::attach(cgroup.dir(), cgroup.path(), &plan.limits)?;
         let state = Arc::new(RunState {
@@ -174,12 +208,17 @@ impl Run {
     /// Steps 7–8: runs the command in the cgroup, forwards signals, deals
     /// with its leftovers, and returns its exit status.
     pub fn supervise(&self, plan: &Plan, forwarding: Forwarding) -> Result<i32> {
-        let mut env = vec![
+        let inherited = std::env::vars_os();
+        let mut env = match &plan.identity {
+            Some(identity) => identity.environment(inherited, &plan.keep_env),
+            None => inherited.collect(),
+        };
+        for (key, value) in [
             ("THROTTLE_NAME", OsStr::new(&plan.name)),
             ("THROTTLE_SOCKET", self.socket.as_os_str()),
-        ];
-        if let Some(identity) = &plan.identity {
-            env.extend(identity.env.iter().map(|(k, v)| (*k, v.as_os_str())));
+        ] {
+            env.retain(|(k, _)| k != key);
+            env.push((key.into(), value.into()));
         }
         supervisor::run(
             &plan.command,

@@ -22,6 +22,7 @@ use std::{
         },
     },
     path::{Component, Path, PathBuf},
+    time::Instant,
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
@@ -39,7 +40,7 @@ use nix::{
     unistd::{Gid, Uid, UnlinkatFlags, fchown, fchownat, linkat, unlinkat},
 };
 
-use crate::cli;
+use crate::{cli, connect};
 
 /// Root's runs; the runs of users who started throttle with sudo live in
 /// `user-UID` directories below it.
@@ -123,7 +124,10 @@ impl RunDir {
                 owner.1,
             );
         }
-        let path = user_dir(owner.0);
+        let path = match user_dir(owner.0) {
+            UserDir::Fixed(path) => path,
+            UserDir::InTmp => return tmp_dir_for(owner.0),
+        };
         let (parent, name) = split(&path)?;
         let parent = walk(parent, owner.0)?;
         make_dir(&parent, name, 0o700, &path)?;
@@ -180,9 +184,10 @@ impl RunDir {
         };
         if uid != self.keeper.uid().as_raw() {
             bail!(
-                "{} belongs to uid {uid}, not uid {}; throttle never adopts a directory: remove it",
+                "{} belongs to uid {uid}, not uid {}; throttle never adopts a directory: {}",
                 self.path.display(),
-                self.keeper.uid()
+                self.keeper.uid(),
+                not_adopted_hint(&self.path, uid)
             );
         }
         if mode & open_to != 0 {
@@ -242,7 +247,8 @@ impl RunDir {
     }
 
     /// Names of the runs with a `suffix` file here; entries that are not
-    /// run names are not throttle's and are passed over.
+    /// run names, and `.sock` entries that are not sockets (a FIFO, a
+    /// link), are not throttle's and are passed over.
     pub fn names(&self, suffix: &str) -> Result<Vec<String>> {
         let mut dir = Dir::from_fd(self.reopen()?)
             .with_context(|| format!("listing {}", self.path.display()))?;
@@ -253,6 +259,7 @@ impl RunDir {
                 let name = entry.file_name().to_str().ok()?.strip_suffix(suffix)?;
                 valid_name(name).then(|| name.to_string())
             })
+            .filter(|name| suffix != SOCKET_SUFFIX || self.is_socket(&socket_file(name)))
             .collect();
         names.sort();
         Ok(names)
@@ -344,6 +351,12 @@ impl RunDir {
         }
     }
 
+    fn is_socket(&self, file: &str) -> bool {
+        self.stat(file).is_ok_and(|stat| {
+            SFlag::from_bits_truncate(stat.st_mode & SFlag::S_IFMT.bits()) == SFlag::S_IFSOCK
+        })
+    }
+
     pub fn contains(&self, file: &str) -> bool {
         self.stat(file).is_ok()
     }
@@ -416,10 +429,12 @@ impl RunDir {
         Ok(UnixListener::from(socket))
     }
 
-    /// Connects to the socket `file`: only a socket, never a link, served
-    /// by the uid whose runs live here; anything else is refused before a
-    /// byte is sent.
-    pub fn connect(&self, file: &str) -> io::Result<UnixStream> {
+    /// Connects to the socket `file` by `deadline`: only a socket, never a
+    /// link, served by the uid whose runs live here; anything else is
+    /// refused before a byte is sent.
+    /// Returns the stream and the server's pid, as the kernel recorded it
+    /// when the socket began to listen.
+    pub fn connect(&self, file: &str, deadline: Instant) -> io::Result<(UnixStream, u32)> {
         let shown = self.path.join(file);
         let stat = self.stat(file).map_err(io::Error::from)?;
         if SFlag::from_bits_truncate(stat.st_mode & SFlag::S_IFMT.bits()) != SFlag::S_IFSOCK {
@@ -428,7 +443,7 @@ impl RunDir {
                 format!("{} is not a socket", shown.display()),
             ));
         }
-        let stream = UnixStream::connect(self.through_fd(file))?;
+        let stream = connect::within(&self.through_fd(file), deadline)?;
         let peer = getsockopt(&stream, PeerCredentials).map_err(io::Error::from)?;
         if peer.uid() != self.server_uid().as_raw() {
             return Err(io::Error::new(
@@ -441,7 +456,8 @@ impl RunDir {
                 ),
             ));
         }
-        Ok(stream)
+        let pid = u32::try_from(peer.pid()).unwrap_or_default();
+        Ok((stream, pid))
     }
 }
 
@@ -456,20 +472,165 @@ fn split(path: &Path) -> Result<(&Path, &OsStr)> {
     }
 }
 
+/// Where a non-root user's runs register.
+enum UserDir {
+    /// `$XDG_RUNTIME_DIR/throttle` or `/run/user/UID/throttle`: inside a
+    /// directory only the user (and root) may write.
+    Fixed(PathBuf),
+    /// Neither exists (no logind: cron, `su`, containers): a directory of
+    /// the user's own in /tmp, see [`tmp_dir_for`].
+    InTmp,
+}
+
 /// A non-root user's runtime directory: $XDG_RUNTIME_DIR/throttle, else
-/// /run/user/UID/throttle, else /tmp/throttle-UID.
-fn user_dir(uid: Uid) -> PathBuf {
+/// /run/user/UID/throttle, else one in /tmp.
+fn user_dir(uid: Uid) -> UserDir {
     if uid == Uid::effective()
         && let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty())
     {
-        return Path::new(&dir).join("throttle");
+        return UserDir::Fixed(Path::new(&dir).join("throttle"));
     }
     let user_run = PathBuf::from(format!("/run/user/{uid}"));
     if user_run.is_dir() {
-        user_run.join("throttle")
+        UserDir::Fixed(user_run.join("throttle"))
     } else {
-        PathBuf::from(format!("/tmp/throttle-{uid}"))
+        UserDir::InTmp
     }
+}
+
+/// What to do about a directory another uid made where a user's runs would
+/// go: only its maker or root can remove it from a directory like /run.
+fn not_adopted_hint(path: &Path, maker: u32) -> String {
+    if let Some(xdg) = std::env::var_os("XDG_RUNTIME_DIR")
+        && path.starts_with(&xdg)
+    {
+        return format!(
+            "XDG_RUNTIME_DIR={} is not your own runtime directory: unset it or set it to yours",
+            Path::new(&xdg).display()
+        );
+    }
+    if maker == 0 {
+        "it is root's: ask root to remove it".into()
+    } else {
+        format!("uid {maker} made it: ask them or root to remove it")
+    }
+}
+
+const TMP: &str = "/tmp";
+
+/// The prefix of uid's directories in /tmp: `throttle-UID-`, then a
+/// creation stamp, so that the oldest sorts first.
+fn tmp_prefix(uid: Uid) -> String {
+    format!("throttle-{uid}-")
+}
+
+/// uid's directories in /tmp that pass every check, oldest first, and the
+/// entries of theirs that do not. An entry of that name made by anyone else
+/// is not theirs and not a failure: anybody may create names in /tmp, so a
+/// name alone never makes a directory a user's, and no name another user
+/// takes first can stop that user's runs (a fixed name such as
+/// `/tmp/throttle-UID` could).
+fn tmp_dirs_of(uid: Uid) -> (Vec<RunDir>, Vec<String>) {
+    let prefix = tmp_prefix(uid);
+    let (mut dirs, mut refused) = (Vec::new(), Vec::new());
+    for (path, owner) in tmp_entries(|name| {
+        name.strip_prefix(&prefix).is_some_and(|stamp| {
+            !stamp.is_empty() && stamp.bytes().all(|b| b.is_ascii_alphanumeric())
+        })
+    }) {
+        if owner != uid.as_raw() {
+            continue;
+        }
+        match RunDir::open(&path, Keeper::User(uid)) {
+            Ok(Some(dir)) => dirs.push(dir),
+            Ok(None) => {}
+            Err(e) => refused.push(format!("passing over {}: {e:#}", path.display())),
+        }
+    }
+    (dirs, refused)
+}
+
+/// Entries of /tmp named as uid's directories (or as the fixed
+/// `/tmp/throttle-UID` earlier builds used) that another user made: they
+/// stop nothing, but `doctor` names them, with their makers.
+pub fn planted_for(uid: Uid) -> Vec<(PathBuf, u32)> {
+    let (fixed, prefix) = (format!("throttle-{uid}"), tmp_prefix(uid));
+    tmp_entries(|name| name == fixed || name.starts_with(&prefix))
+        .into_iter()
+        .filter(|(_, owner)| *owner != uid.as_raw())
+        .collect()
+}
+
+/// Entries of /tmp whose names `wanted` accepts, with their owners, sorted
+/// by name; links are not followed.
+fn tmp_entries(wanted: impl Fn(&str) -> bool) -> Vec<(PathBuf, u32)> {
+    let Ok(entries) = std::fs::read_dir(TMP) else {
+        return Vec::new();
+    };
+    let mut found: Vec<(PathBuf, u32)> = entries
+        .flatten()
+        .filter(|entry| entry.file_name().to_str().is_some_and(&wanted))
+        .filter_map(|entry| {
+            let meta = entry.metadata().ok()?;
+            Some((entry.path(), std::os::unix::fs::MetadataExt::uid(&meta)))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// The runtime directory in /tmp of the caller `uid`: the oldest of theirs,
+/// or a new one (0700, with a fresh name) if they have none. Two first runs
+/// that race both create one; each then keeps the oldest and removes its
+/// own if that is not it, so both end in the same directory.
+fn tmp_dir_for(uid: Uid) -> Result<RunDir> {
+    if let Some(dir) = tmp_dirs_of(uid).0.into_iter().next() {
+        return Ok(dir);
+    }
+    let tmp = walk(Path::new(TMP), uid)?;
+    let name = fresh_tmp_name(&tmp, uid)?;
+    let path = Path::new(TMP).join(&name);
+    let mine = RunDir::open(&path, Keeper::User(uid))?
+        .with_context(|| format!("{} vanished as it was created", path.display()))?;
+    let oldest = tmp_dirs_of(uid).0.into_iter().next();
+    match oldest {
+        Some(oldest) if oldest.path != mine.path => {
+            // Ours is empty: nothing has registered in it yet.
+            let _ = unlinkat(&tmp, name.as_str(), UnlinkatFlags::RemoveDir);
+            Ok(oldest)
+        }
+        _ => Ok(mine),
+    }
+}
+
+/// Creates a new directory of uid's in /tmp, 0700, named after the time so
+/// that names sort by age; a name someone took first is passed over.
+fn fresh_tmp_name(tmp: &OwnedFd, uid: Uid) -> Result<String> {
+    for attempt in 0..16u32 {
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let name = format!(
+            "{}{stamp:024}{:08x}{attempt:x}",
+            tmp_prefix(uid),
+            std::process::id()
+        );
+        match mkdirat(tmp, name.as_str(), Mode::from_bits_truncate(0o700)) {
+            Ok(()) => {
+                // The umask may have taken more than group and others' bits.
+                let flags =
+                    OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW;
+                let fd = openat(tmp, name.as_str(), flags, Mode::empty())
+                    .with_context(|| format!("opening {TMP}/{name}"))?;
+                fchmod(&fd, Mode::from_bits_truncate(0o700))
+                    .with_context(|| format!("setting the mode of {TMP}/{name}"))?;
+                return Ok(name);
+            }
+            Err(Errno::EEXIST) => {}
+            Err(e) => return Err(e).with_context(|| format!("creating {TMP}/{name}")),
+        }
+    }
+    bail!("could not create a directory of uid {uid}'s in {TMP}: every name was taken")
 }
 
 /// Creates (or checks) root's directory `name` in `parent`: owned by root
@@ -565,61 +726,101 @@ fn check_step(fd: &OwnedFd, path: &Path, owner: Uid) -> Result<()> {
     Ok(())
 }
 
+/// Runtime directories found: those that passed their checks, and a line
+/// for each that did not (a warning; the listing or sweep is incomplete).
+#[derive(Default)]
+pub struct Found {
+    pub dirs: Vec<RunDir>,
+    pub refused: Vec<String>,
+}
+
+impl Found {
+    fn open(&mut self, path: PathBuf, keeper: Keeper) {
+        match RunDir::open(&path, keeper) {
+            Ok(Some(dir)) => self.dirs.push(dir),
+            Ok(None) => {}
+            Err(e) => self
+                .refused
+                .push(format!("passing over {}: {e:#}", path.display())),
+        }
+    }
+
+    fn own_dirs_of(&mut self, uid: Uid, fixed: UserDir) {
+        match fixed {
+            UserDir::Fixed(path) => self.open(path, Keeper::User(uid)),
+            UserDir::InTmp => self.tmp_dirs_of(uid),
+        }
+    }
+
+    fn tmp_dirs_of(&mut self, uid: Uid) {
+        let (dirs, refused) = tmp_dirs_of(uid);
+        self.dirs.extend(dirs);
+        self.refused.extend(refused);
+    }
+}
+
 /// The directories whose runs this process may list and manage: its own,
-/// its sudo runs', and for root everyone's. One that fails its checks is
-/// named in a warning and passed over.
-pub fn visible() -> Vec<RunDir> {
+/// its sudo runs', and for root everyone's.
+pub fn visible() -> Found {
     let me = Uid::effective();
-    let mut wanted: Vec<(PathBuf, Keeper)> = Vec::new();
+    let mut found = Found::default();
     if me.is_root() {
-        wanted.push((PathBuf::from(ROOT_DIR), Keeper::Root));
-        wanted.extend(sudo_dirs());
-        for (parent, prefix, suffix) in [("/run/user", "", "throttle"), ("/tmp", "throttle-", "")] {
-            for (uid, entry) in numbered_entries(Path::new(parent), prefix) {
-                wanted.push((entry.join(suffix), Keeper::User(uid)));
-            }
+        found.open(PathBuf::from(ROOT_DIR), Keeper::Root);
+        for path in sudo_dirs() {
+            found.open(path, Keeper::Root);
+        }
+        for (uid, entry) in numbered_entries(Path::new("/run/user"), "") {
+            found.open(entry.join("throttle"), Keeper::User(uid));
+        }
+        let mut uids: Vec<Uid> = tmp_entries(|name| tmp_uid(name).is_some())
+            .into_iter()
+            .filter_map(|(path, owner)| {
+                let uid = tmp_uid(path.file_name()?.to_str()?)?;
+                (uid.as_raw() == owner).then_some(uid)
+            })
+            .collect();
+        uids.dedup();
+        for uid in uids {
+            found.tmp_dirs_of(uid);
         }
     } else {
-        wanted.push((user_dir(me), Keeper::User(me)));
-        wanted.push((
+        found.own_dirs_of(me, user_dir(me));
+        found.open(
             Path::new(ROOT_DIR).join(format!("{USER_DIR_PREFIX}{me}")),
             Keeper::Root,
-        ));
+        );
     }
-    open_all(wanted)
+    found
+}
+
+/// The uid in the name of a user's directory in /tmp, `throttle-UID-STAMP`.
+fn tmp_uid(name: &str) -> Option<Uid> {
+    let (uid, stamp) = name.strip_prefix("throttle-")?.split_once('-')?;
+    (!stamp.is_empty()).then_some(())?;
+    uid.parse().ok().map(Uid::from_raw)
 }
 
 /// The directories whose dead runs this process cleans up: for root, its
 /// own and its sudo runs' (other users' directories are left to their
 /// owners); for anyone else, their own.
-pub fn sweepable() -> Vec<RunDir> {
+pub fn sweepable() -> Found {
     let me = Uid::effective();
-    let wanted = if me.is_root() {
-        let mut wanted = vec![(PathBuf::from(ROOT_DIR), Keeper::Root)];
-        wanted.extend(sudo_dirs());
-        wanted
-    } else {
-        vec![(user_dir(me), Keeper::User(me))]
-    };
-    open_all(wanted)
-}
-
-fn open_all(wanted: Vec<(PathBuf, Keeper)>) -> Vec<RunDir> {
-    let mut dirs = Vec::new();
-    for (path, keeper) in wanted {
-        match RunDir::open(&path, keeper) {
-            Ok(Some(dir)) => dirs.push(dir),
-            Ok(None) => {}
-            Err(e) => eprintln!("throttle: warning: passing over {}: {e:#}", path.display()),
+    let mut found = Found::default();
+    if me.is_root() {
+        found.open(PathBuf::from(ROOT_DIR), Keeper::Root);
+        for path in sudo_dirs() {
+            found.open(path, Keeper::Root);
         }
+    } else {
+        found.own_dirs_of(me, user_dir(me));
     }
-    dirs
+    found
 }
 
-fn sudo_dirs() -> Vec<(PathBuf, Keeper)> {
+fn sudo_dirs() -> Vec<PathBuf> {
     numbered_entries(Path::new(ROOT_DIR), USER_DIR_PREFIX)
         .into_iter()
-        .map(|(_, path)| (path, Keeper::Root))
+        .map(|(_, path)| path)
         .collect()
 }
 

@@ -41,15 +41,22 @@ struct CloneArgs {
 
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
-/// Starts `command` (looked up in PATH) with the wrapper's environment plus
-/// `env`, as a child born inside the cgroup open at `cgroup_dir`, as
-/// `identity` if given. The child dies with SIGKILL if the wrapper's main
-/// thread dies (the caller must be the main thread). Returns the child's
-/// pid once exec has succeeded, or the error of exec or of the switch of
-/// user.
+/// Starts `command` (looked up in the wrapper's PATH) with exactly the
+/// environment `env`, as a child born inside the cgroup open at
+/// `cgroup_dir`, as `identity` if given. The child dies with SIGKILL if the
+/// wrapper's main thread dies (the caller must be the main thread). Returns
+/// the child's pid once exec has succeeded, or the error of exec or of the
+/// switch of user.
+///
+/// A command started as another user gets a session of its own, without a
+/// controlling terminal: on the caller's terminal it could otherwise push
+/// keystrokes into the caller's shell with TIOCSTI (the CVE-2016-2779
+/// class), which the kernel allows only to processes whose controlling
+/// terminal it is. `su -c` and `runuser -c` call setsid for the same
+/// reason; see README, "Threat model".
 pub fn spawn_in_cgroup(
     command: &[OsString],
-    env: &[(&str, &OsStr)],
+    env: &[(OsString, OsString)],
     cgroup_dir: BorrowedFd<'_>,
     identity: Option<&Identity>,
 ) -> io::Result<Pid> {
@@ -61,7 +68,15 @@ pub fn spawn_in_cgroup(
         .collect::<io::Result<Vec<_>>>()?;
     let mut argv: Vec<*const libc::c_char> = argv_owned.iter().map(|a| a.as_ptr()).collect();
     argv.push(std::ptr::null());
-    let envp_owned = environment(env)?;
+    let envp_owned = env
+        .iter()
+        .map(|(key, value)| {
+            let mut entry = key.clone();
+            entry.push("=");
+            entry.push(value);
+            cstring(&entry)
+        })
+        .collect::<io::Result<Vec<_>>>()?;
     let mut envp: Vec<*const libc::c_char> = envp_owned.iter().map(|e| e.as_ptr()).collect();
     envp.push(std::ptr::null());
     let switch = identity.map(|id| Switch {
@@ -172,10 +187,20 @@ unsafe fn child(
         // a change of uid from 0 clears every capability.
         if let Some(switch) = switch {
             let groups = (switch.groups.len(), switch.groups.as_ptr());
-            if libc::syscall(libc::SYS_setgroups, groups.0, groups.1) != 0
+            if libc::setsid() < 0
+                || libc::syscall(libc::SYS_setgroups, groups.0, groups.1) != 0
                 || libc::syscall(libc::SYS_setresgid, switch.gid, switch.gid, switch.gid) != 0
                 || libc::syscall(libc::SYS_setresuid, switch.uid, switch.uid, switch.uid) != 0
             {
+                fail(report);
+            }
+            // A change of credentials clears the parent-death signal: set it
+            // again, and check again that the wrapper did not die meanwhile.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                fail(report);
+            }
+            if libc::getppid() != wrapper {
+                *libc::__errno_location() = libc::ESRCH;
                 fail(report);
             }
         }
@@ -191,17 +216,4 @@ fn cstring(s: &OsStr) -> io::Result<CString> {
             format!("{} contains a NUL byte", s.to_string_lossy()),
         )
     })
-}
-
-/// The wrapper's environment with `extra` added (replacing same-named entries).
-fn environment(extra: &[(&str, &OsStr)]) -> io::Result<Vec<CString>> {
-    let inherited = std::env::vars_os().filter(|(k, _)| !extra.iter().any(|(e, _)| k == e));
-    let mut entries = Vec::new();
-    for (key, value) in inherited.chain(extra.iter().map(|(k, v)| (k.into(), v.into()))) {
-        let mut entry = key.into_encoded_bytes();
-        entry.push(b'=');
-        entry.extend_from_slice(value.as_bytes());
-        entries.push(cstring(OsStr::from_bytes(&entry))?);
-    }
-    Ok(entries)
 }

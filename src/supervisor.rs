@@ -20,7 +20,7 @@ use nix::{
     unistd::Pid,
 };
 use signal_hook::{
-    consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2, SIGWINCH},
+    consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGTSTP, SIGUSR1, SIGUSR2, SIGWINCH},
     iterator::{
         SignalsInfo,
         exfiltrator::{WithOrigin, origin::Origin},
@@ -49,13 +49,25 @@ pub struct Leftovers {
 /// command once it exists rather than killing the wrapper half-way.
 pub struct Forwarding {
     signals: SignalsInfo<WithOrigin>,
+    own_session: bool,
 }
 
 impl Forwarding {
-    pub fn install() -> Result<Forwarding> {
+    /// `own_session`: the command will run in a session of its own (as
+    /// another user, see [`spawn::spawn_in_cgroup`]), out of reach of the
+    /// terminal's signals, so the wrapper passes those on too and stops the
+    /// command with itself on Ctrl-Z.
+    pub fn install(own_session: bool) -> Result<Forwarding> {
+        let mut wanted = FORWARDED.to_vec();
+        if own_session {
+            wanted.push(SIGTSTP);
+        }
         let signals =
-            SignalsInfo::<WithOrigin>::new(FORWARDED).context("installing signal handlers")?;
-        Ok(Forwarding { signals })
+            SignalsInfo::<WithOrigin>::new(wanted).context("installing signal handlers")?;
+        Ok(Forwarding {
+            signals,
+            own_session,
+        })
     }
 }
 
@@ -64,7 +76,7 @@ impl Forwarding {
 /// status the wrapper should mirror.
 pub fn run(
     command: &[OsString],
-    env: &[(&str, &OsStr)],
+    env: &[(OsString, OsString)],
     identity: Option<&Identity>,
     cgroup: &RunCgroup,
     forwarding: Forwarding,
@@ -82,10 +94,10 @@ pub fn run(
     let forwarder = {
         let exited = Arc::clone(&exited);
         let cgroup = cgroup.path().to_path_buf();
-        let mut signals = forwarding.signals;
+        let (mut signals, own_session) = (forwarding.signals, forwarding.own_session);
         thread::Builder::new()
             .name("signals".into())
-            .spawn(move || forward(&mut signals, child, &exited, &cgroup))
+            .spawn(move || forward(&mut signals, own_session, child, &exited, &cgroup))
             .context("starting the signal forwarding thread")?
     };
 
@@ -138,13 +150,25 @@ fn wait(child: Pid, exited: &Mutex<bool>) -> Result<i32> {
     })
 }
 
-fn forward(signals: &mut SignalsInfo<WithOrigin>, child: Pid, exited: &Mutex<bool>, cgroup: &Path) {
+fn forward(
+    signals: &mut SignalsInfo<WithOrigin>,
+    own_session: bool,
+    child: Pid,
+    exited: &Mutex<bool>,
+    cgroup: &Path,
+) {
     for Origin { signal, cause, .. } in signals.forever() {
         // A terminal's Ctrl-C, Ctrl-\ and resize are sent by the kernel to
         // the whole foreground process group, the command included; passing
         // them on would deliver them twice. Only signals someone sent to the
-        // wrapper itself (kill, timeout, a CI runner) are forwarded.
-        if !matches!(cause, Cause::Sent(_)) {
+        // wrapper itself (kill, timeout, a CI runner) are forwarded, unless
+        // the command sits in a session of its own, which the terminal's
+        // signals never reach.
+        if !own_session && !matches!(cause, Cause::Sent(_)) {
+            continue;
+        }
+        if signal == SIGTSTP {
+            stop_with_the_command(cgroup);
             continue;
         }
         let Ok(signal) = Signal::try_from(signal) else {
@@ -163,6 +187,23 @@ fn forward(signals: &mut SignalsInfo<WithOrigin>, child: Pid, exited: &Mutex<boo
         if let Err(e) = result {
             eprintln!("throttle: forwarding {signal}: {e:#}");
         }
+    }
+}
+
+/// Ctrl-Z for a command in a session of its own: the run's cgroup is
+/// frozen, the wrapper stops as the shell expects, and when the shell
+/// continues it (`fg`, `bg`) the cgroup thaws.
+fn stop_with_the_command(cgroup: &Path) {
+    if let Err(e) = cgroup::freeze(cgroup, true) {
+        eprintln!("throttle: stopping the command: {e:#}");
+    }
+    // SIGSTOP stops every thread of the wrapper, this one included; it
+    // returns once the wrapper is continued.
+    if let Err(e) = nix::sys::signal::raise(Signal::SIGSTOP) {
+        eprintln!("throttle: stopping: {e}");
+    }
+    if let Err(e) = cgroup::freeze(cgroup, false) {
+        eprintln!("throttle: continuing the command: {e:#}");
     }
 }
 

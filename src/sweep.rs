@@ -24,7 +24,7 @@ use nix::{
 use crate::{
     bpf, cgroup,
     registration::read_record,
-    rundir::{LOCK_SUFFIX, RunDir, lock_file, socket_file},
+    rundir::{Found, LOCK_SUFFIX, RunDir, lock_file, socket_file},
 };
 
 const STALE_KILL_WAIT: Duration = Duration::from_secs(5);
@@ -76,10 +76,18 @@ fn dead_runs(dir: &RunDir, sweep: &mut Sweep) -> Vec<DeadRun> {
     dead
 }
 
-/// Names of registered runs whose wrapper is gone, in `dirs`.
-pub fn stale(dirs: &[RunDir]) -> Sweep {
-    let mut sweep = Sweep::default();
-    for dir in dirs {
+/// A sweep of `found` that begins with the directories it passed over.
+fn begin(found: &Found) -> Sweep {
+    Sweep {
+        runs: Vec::new(),
+        warnings: found.refused.clone(),
+    }
+}
+
+/// Names of registered runs whose wrapper is gone, in `found`.
+pub fn stale(found: &Found) -> Sweep {
+    let mut sweep = begin(found);
+    for dir in &found.dirs {
         let names: Vec<String> = dead_runs(dir, &mut sweep)
             .into_iter()
             .map(|run| run.name)
@@ -89,12 +97,14 @@ pub fn stale(dirs: &[RunDir]) -> Sweep {
     sweep
 }
 
-/// Removes what dead runs in `dirs` left behind: their cgroups (killing
+/// Removes what dead runs in `found` left behind: their cgroups (killing
 /// anything still inside) and their files; then, for root, cgroups under
 /// `<mount>/throttle` that no run has registered and no program is attached
-/// to. A problem with one entry is a warning and never stops the rest.
-pub fn sweep(dirs: &[RunDir], mount: &Path) -> Sweep {
-    let mut sweep = Sweep::default();
+/// to. A problem with one entry, or a directory passed over, is a warning
+/// and never stops the rest.
+pub fn sweep(found: &Found, mount: &Path) -> Sweep {
+    let mut sweep = begin(found);
+    let dirs = &found.dirs;
     for dir in dirs {
         for mut run in dead_runs(dir, &mut sweep) {
             if let Err(e) = remove_dead(dir, &mut run, mount) {

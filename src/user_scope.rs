@@ -62,12 +62,16 @@ pub fn enter(parent: &Path, own: &Path) -> Result<()> {
     if Uid::effective().is_root() || writable(parent) || entered(own) {
         return Ok(());
     }
-    let (Some(systemd_run), Some(_)) = (
+    let (Some(systemd_run), Some(manager)) = (
         SYSTEMD_RUN.iter().map(Path::new).find(|p| p.exists()),
         manager_socket(),
     ) else {
         return Ok(());
     };
+    // Once exec'd, systemd-run's own failure would be this process's exit
+    // status, which the caller would take for the command's: make sure
+    // first that the manager is there to answer it.
+    answers(&manager)?;
     let exe = std::env::current_exe().context("finding throttle's own executable")?;
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     let error = Command::new(systemd_run)
@@ -79,6 +83,21 @@ pub fn enter(parent: &Path, own: &Path) -> Result<()> {
         .args(&args)
         .exec();
     Err(error).with_context(|| format!("running {}", systemd_run.display()))
+}
+
+/// Fails, naming the fix, unless the manager listens at `socket` and accepts
+/// a connection within a second (a stale socket refuses; a manager that
+/// hangs fills its backlog).
+fn answers(socket: &Path) -> Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    match crate::connect::within(socket, deadline) {
+        Ok(_) => Ok(()),
+        Err(e) => anyhow::bail!(
+            "your systemd user manager does not answer at {} ({e}), and a run needs it for a \
+             cgroup of its own; restart it ('systemctl --user daemon-reexec') or log in again",
+            socket.display()
+        ),
+    }
 }
 
 /// Whether this user may create a cgroup under `parent`, or under the
@@ -105,6 +124,24 @@ mod tests {
         assert!(!entered(Path::new(
             "/sys/fs/cgroup/user.slice/user-1000.slice/session-3.scope"
         )));
+    }
+
+    #[test]
+    fn a_manager_that_does_not_answer_is_named_before_systemd_run_could_fail() {
+        let dir = std::env::temp_dir().join(format!("throttle-scope-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        let socket = dir.join("private");
+        // A manager that died: its socket file is there, nobody listens.
+        drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+        let error = answers(&socket).unwrap_err().to_string();
+        let listening = std::os::unix::net::UnixListener::bind(dir.join("live")).unwrap();
+        let live = answers(&dir.join("live"));
+        drop(listening);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(error.contains("does not answer"), "{error}");
+        assert!(error.contains("daemon-reexec"), "{error}");
+        assert!(live.is_ok());
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! check, one-at-a-time execution, and checks that a run left nothing behind.
 
 use std::{
+    fs,
+    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::{Command, Output, Stdio},
     sync::{Mutex, MutexGuard},
@@ -256,4 +258,111 @@ impl Drop for RunGuard {
             let _ = child.wait();
         }
     }
+}
+
+/// A copy of the binary with file capabilities, and a cgroup delegated to a
+/// test user with a shell of theirs in it, as an installed throttle and a
+/// login session have them; all removed afterwards.
+pub struct Unprivileged {
+    pub user: TestUser,
+    dir: PathBuf,
+    cgroup: PathBuf,
+}
+
+impl Unprivileged {
+    /// `role` tells a test's users apart, as [`TestUser::create`]'s.
+    pub fn new(role: &str) -> Unprivileged {
+        let user = TestUser::create(role);
+        let dir = PathBuf::from(format!("/tmp/throttle-{role}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        fs::copy(THROTTLE, dir.join("throttle")).unwrap();
+        let cgroup = cgroup_mount().join(format!("throttle-{role}-{}", std::process::id()));
+        let _ = fs::remove_dir(&cgroup);
+        fs::create_dir(&cgroup).unwrap();
+        for file in [
+            "",
+            "cgroup.procs",
+            "cgroup.threads",
+            "cgroup.subtree_control",
+        ] {
+            nix::unistd::chown(
+                &cgroup.join(file),
+                Some(nix::unistd::Uid::from_raw(user.uid)),
+                Some(nix::unistd::Gid::from_raw(user.gid)),
+            )
+            .unwrap();
+        }
+        Unprivileged { user, dir, cgroup }
+    }
+
+    pub fn setcap(&self, caps: &str) {
+        let status = Command::new("setcap")
+            .arg(format!("{caps}+ep"))
+            .arg(self.dir.join("throttle"))
+            .status()
+            .expect("setcap (libcap2-bin) is missing");
+        assert!(status.success(), "setcap {caps} failed");
+    }
+
+    /// `throttle ARGS` as the user, from a shell in the delegated cgroup.
+    pub fn throttle(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("sh");
+        cmd.args([
+            "-c",
+            r#"echo $$ > "$1/cgroup.procs" && shift && exec "$@""#,
+            "sh",
+        ])
+        .arg(&self.cgroup)
+        .args([
+            "setpriv",
+            "--reuid",
+            &self.user.name,
+            "--regid",
+            &self.user.name,
+        ])
+        .args(["--clear-groups", "--inh-caps=-all"])
+        .arg(self.dir.join("throttle"))
+        .args(args)
+        .env_remove("XDG_RUNTIME_DIR");
+        cmd
+    }
+
+    pub fn cgroup(&self) -> &Path {
+        &self.cgroup
+    }
+
+    /// The cgroup of this user's run `name`: `name@UID` in theirs.
+    pub fn run_cgroup(&self, name: &str) -> PathBuf {
+        self.cgroup.join(format!("{name}@{}", self.user.uid))
+    }
+}
+
+impl Drop for Unprivileged {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+        let _ = fs::remove_dir(&self.cgroup);
+        // The user's runtime directories, without XDG_RUNTIME_DIR.
+        for dir in tmp_dirs_of(self.user.uid) {
+            let _ = fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// The runtime directories of uid in /tmp, `throttle-UID-STAMP`, whoever made them.
+pub fn tmp_dirs_of(uid: u32) -> Vec<PathBuf> {
+    let prefix = format!("throttle-{uid}-");
+    let Ok(entries) = fs::read_dir("/tmp") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(&prefix))
+        })
+        .map(|e| e.path())
+        .collect()
 }

@@ -4,15 +4,12 @@
 
 use std::{
     fs,
-    os::unix::fs::PermissionsExt as _,
-    path::{Path, PathBuf},
     process::{Command, Output},
     time::Duration,
 };
 
 use crate::harness::{
-    self, MIB, Netns, THROTTLE, TestUser, assert_clean, assert_ratio, cgroup_mount, measure_stdout,
-    throttle,
+    self, MIB, Netns, TestUser, Unprivileged, assert_clean, assert_ratio, measure_stdout, throttle,
 };
 
 const BOUND: Duration = Duration::from_secs(30);
@@ -154,95 +151,6 @@ fn a_root_wrapper_keeps_only_what_serving_and_teardown_need() {
         assert_eq!(held & !allowed, 0, "{held:#x}");
     }
     assert_clean("t-keep");
-}
-
-/// A copy of the binary with file capabilities, and a cgroup delegated to a
-/// test user with a shell of theirs in it, as an installed throttle and a
-/// login session have them; all removed afterwards.
-struct Unprivileged {
-    user: TestUser,
-    dir: PathBuf,
-    cgroup: PathBuf,
-}
-
-impl Unprivileged {
-    /// `role` tells a test's users apart, as [`TestUser::create`]'s.
-    fn new(role: &str) -> Unprivileged {
-        let user = TestUser::create(role);
-        let dir = PathBuf::from(format!("/tmp/throttle-{role}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir(&dir).unwrap();
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
-        fs::copy(THROTTLE, dir.join("throttle")).unwrap();
-        let cgroup = cgroup_mount().join(format!("throttle-{role}-{}", std::process::id()));
-        let _ = fs::remove_dir(&cgroup);
-        fs::create_dir(&cgroup).unwrap();
-        for file in [
-            "",
-            "cgroup.procs",
-            "cgroup.threads",
-            "cgroup.subtree_control",
-        ] {
-            nix::unistd::chown(
-                &cgroup.join(file),
-                Some(nix::unistd::Uid::from_raw(user.uid)),
-                Some(nix::unistd::Gid::from_raw(user.gid)),
-            )
-            .unwrap();
-        }
-        Unprivileged { user, dir, cgroup }
-    }
-
-    fn setcap(&self, caps: &str) {
-        let status = Command::new("setcap")
-            .arg(format!("{caps}+ep"))
-            .arg(self.dir.join("throttle"))
-            .status()
-            .expect("setcap (libcap2-bin) is missing");
-        assert!(status.success(), "setcap {caps} failed");
-    }
-
-    /// `throttle ARGS` as the user, from a shell in the delegated cgroup.
-    fn throttle(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new("sh");
-        cmd.args([
-            "-c",
-            r#"echo $$ > "$1/cgroup.procs" && shift && exec "$@""#,
-            "sh",
-        ])
-        .arg(&self.cgroup)
-        .args([
-            "setpriv",
-            "--reuid",
-            &self.user.name,
-            "--regid",
-            &self.user.name,
-        ])
-        .args(["--clear-groups", "--inh-caps=-all"])
-        .arg(self.dir.join("throttle"))
-        .args(args)
-        .env_remove("XDG_RUNTIME_DIR");
-        cmd
-    }
-
-    fn cgroup(&self) -> &Path {
-        &self.cgroup
-    }
-
-    /// The cgroup of this user's run `name`: `name@UID` in theirs.
-    fn run_cgroup(&self, name: &str) -> PathBuf {
-        self.cgroup.join(format!("{name}@{}", self.user.uid))
-    }
-}
-
-impl Drop for Unprivileged {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.dir);
-        let _ = fs::remove_dir(&self.cgroup);
-        // The user's runtime directory, without XDG_RUNTIME_DIR.
-        let _ =
-            fs::remove_dir_all(std::env::temp_dir().join(format!("throttle-{}", self.user.uid)));
-    }
 }
 
 /// With CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN on the binary and a cgroup

@@ -14,7 +14,7 @@ use std::{
 };
 
 use crate::harness::{
-    self, RunGuard, TestUser, assert_clean, cgroup_mount, throttle, wait_with_timeout,
+    self, RunGuard, TestUser, Unprivileged, assert_clean, cgroup_mount, throttle, wait_with_timeout,
 };
 
 /// Longest any root command may take here: none of them may hang.
@@ -156,7 +156,7 @@ impl Drop for Planted {
 }
 
 fn tmp_dir_of(user: &TestUser) -> Planted {
-    let path = PathBuf::from(format!("/tmp/throttle-{}", user.uid));
+    let path = PathBuf::from(format!("/tmp/throttle-{}-planted", user.uid));
     drop(Planted(path.clone()));
     Planted(path)
 }
@@ -227,7 +227,18 @@ fn records_other_users_plant_are_never_acted_on() {
     );
     ok("cleanup", &run_bounded(throttle().arg("cleanup")));
     run_bounded(throttle().arg("doctor"));
-    ok("list", &run_bounded(throttle().arg("list")));
+    // B's linked /run/user directory is passed over, named, and makes the
+    // list incomplete.
+    let list = run_bounded(throttle().arg("list"));
+    assert_eq!(list.status.code(), Some(7), "{}", harness::stderr(&list));
+    assert!(
+        harness::stderr(&list).contains(&format!(
+            "passing over {}",
+            b_run.0.join("throttle").display()
+        )),
+        "{}",
+        harness::stderr(&list)
+    );
     eprintln!("five root commands took {:?}", started.elapsed());
 
     victim.assert_untouched();
@@ -404,14 +415,17 @@ fn sudo_runs_never_write_where_another_user_can() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut swapper = RunGuard(Some(swapper));
+    let swapper = RunGuard(Some(swapper));
     for _ in 0..10 {
         ok(
             "a sudo run during the swaps",
             &run_bounded(&mut sudo("t-loop", "true")),
         );
     }
-    wait_with_timeout(swapper.0.take().unwrap(), BOUND);
+    // The swaps only matter while the runs start and end: its 3000 rounds
+    // take about as long as BOUND on two loaded cores, so it is stopped
+    // here rather than waited for.
+    swapper.stop();
     files.assert_untouched();
     assert_clean_in(&a_runs, &["t-sudo", "t-new", "t-hard", "t-loop"]);
 }
@@ -517,30 +531,33 @@ fn root_clients_survive_fake_runs() {
             .spawn()
             .unwrap(),
     ));
-    let server = b
-        .sh(&format!(
+    let server = ready_as(
+        &b,
+        &format!(
             "set -e; mkdir -m 700 {d}; ln -s /run/throttle/t-real.sock {d}/t-link.sock; \
-             exec /usr/bin/python3 -c '{FAKE_RUN}' {d}",
+             exec /usr/bin/python3 -c '{SERVE}{FAKE_RUN}' {d}",
             d = b_dir.0.display()
-        ))
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut server = RunGuard(Some(server));
-    let mut ready = String::new();
-    BufReader::new(server.0.as_mut().unwrap().stdout.take().unwrap())
-        .read_line(&mut ready)
-        .unwrap();
-    assert_eq!(ready.trim(), "ready");
+        ),
+    );
 
     let started = Instant::now();
     let list = run_bounded(throttle().arg("list"));
+    let json = run_bounded(throttle().args(["list", "--json"]));
     let set = run_bounded(throttle().args(["set", "t-evil", "--down", "1M"]));
     let endless = run_bounded(throttle().args(["stats", "t-endless"]));
     let link = run_bounded(throttle().args(["stats", "t-link"]));
     eprintln!("four root clients took {:?}", started.elapsed());
+    // Finding 5f: JSON escapes what reorders a line, as the table does.
+    let reorders = "\u{202e}".as_bytes();
+    assert!(
+        !json.stdout.windows(3).any(|w| w == reorders),
+        "list --json passed U+202E through: {}",
+        String::from_utf8_lossy(&json.stdout)
+    );
+    assert!(String::from_utf8_lossy(&json.stdout).contains("\\u202e"));
     for (what, output) in [
         ("list", &list),
+        ("list --json", &json),
         ("set", &set),
         ("stats", &endless),
         ("link", &link),
@@ -568,19 +585,35 @@ fn root_clients_survive_fake_runs() {
     );
     assert!(harness::stderr(&endless).contains("longer than"));
     assert_eq!(link.status.code(), Some(3), "{}", harness::stderr(&link));
-    assert!(harness::stderr(&link).contains("not a socket"));
+    // A link under a socket's name is no run at all.
+    assert!(harness::stderr(&link).contains("no run named"));
 
     server.stop();
     root_run.stop();
     assert_clean("t-real");
 }
 
+/// What every fake run's script starts with: `serve(name, handler)` runs
+/// `handler` for each connection to the socket `name` in the directory
+/// given first.
+const SERVE: &str = r#"
+import json, os, socket, sys, threading, time
+d = sys.argv[1]
+def serve(name, handler):
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(os.path.join(d, name))
+    s.listen(8)
+    def loop():
+        while True:
+            c, _ = s.accept()
+            threading.Thread(target=handler, args=(c,), daemon=True).start()
+    threading.Thread(target=loop, daemon=True).start()
+"#;
+
 /// A fake run: `t-evil` answers everything with terminal escapes, and
 /// `t-endless` sends up to 64 MiB without a line end.
 const FAKE_RUN: &str = r#"
-import json, os, socket, sys, threading, time
-d = sys.argv[1]
-ESC = "\x1b]0;pwned\x07\x1b[2J\x1b[31m"
+ESC = "\x1b]0;pwned\x07\x1b[2J\x1b[31m\u202e"
 def evil(c):
     for line in c.makefile("rb"):
         command = json.loads(line).get("command")
@@ -601,15 +634,6 @@ def endless(c):
             c.sendall(b"x" * 16384)
     except OSError:
         pass
-def serve(name, handler):
-    s = socket.socket(socket.AF_UNIX)
-    s.bind(os.path.join(d, name))
-    s.listen(8)
-    def loop():
-        while True:
-            c, _ = s.accept()
-            threading.Thread(target=handler, args=(c,), daemon=True).start()
-    threading.Thread(target=loop, daemon=True).start()
 serve("t-evil.sock", evil)
 serve("t-endless.sock", endless)
 print("ready", flush=True)
@@ -736,4 +760,589 @@ fn a_set_up_that_hangs_can_be_stopped() {
         started.elapsed()
     );
     assert_clean("t-stall");
+}
+
+// Round three (issue 25): each test names its finding.
+
+/// Starts `script` as `user` and returns once it has printed "ready".
+fn ready_as(user: &TestUser, script: &str) -> RunGuard {
+    let mut child = RunGuard(Some(
+        user.sh(script).stdout(Stdio::piped()).spawn().unwrap(),
+    ));
+    let mut ready = String::new();
+    BufReader::new(child.0.as_mut().unwrap().stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert_eq!(ready.trim(), "ready", "{script}");
+    child
+}
+
+/// A run of root's, `throttle --name NAME -- sleep 30`, once its socket is there.
+fn root_run(name: &str) -> RunGuard {
+    let run = RunGuard(Some(
+        throttle()
+            .args(["--name", name, "--", "sleep", "30"])
+            .spawn()
+            .unwrap(),
+    ));
+    wait_for(&format!("/run/throttle/{name}.sock"));
+    run
+}
+
+/// Waits for a run's socket to appear.
+fn wait_for(path: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !Path::new(path).exists() {
+        assert!(Instant::now() < deadline, "no socket at {path}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Sets a sysctl for one test and puts the old value back after it.
+struct Sysctl {
+    path: &'static str,
+    old: String,
+}
+
+impl Sysctl {
+    fn set(path: &'static str, value: &str) -> Option<Sysctl> {
+        let old = fs::read_to_string(path).ok()?;
+        fs::write(path, value).ok()?;
+        Some(Sysctl { path, old })
+    }
+}
+
+impl Drop for Sysctl {
+    fn drop(&mut self) {
+        let _ = fs::write(self.path, self.old.trim());
+    }
+}
+
+/// Runs `throttle ARGS` on a new pseudo-terminal that is its controlling
+/// terminal, as from an interactive shell; after `ctrl_c` seconds (if
+/// given) types Ctrl-C. Prints everything the terminal showed, then the
+/// exit status.
+const ON_A_PTY: &str = r#"
+import os, pty, select, sys, time
+ctrl_c = float(sys.argv[1])
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[2], sys.argv[2:])
+out, start, typed = b"", time.time(), False
+while time.time() - start < 25:
+    if ctrl_c and not typed and time.time() - start > ctrl_c:
+        os.write(fd, b"\x03")
+        typed = True
+    ready, _, _ = select.select([fd], [], [], 0.1)
+    if ready:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+_, status = os.waitpid(pid, 0)
+sys.stdout.write(out.decode(errors="replace"))
+print("exit", os.waitstatus_to_exitcode(status))
+"#;
+
+/// The command's side: push a line into its terminal's input with TIOCSTI,
+/// which a shell on that terminal would run, and say what the kernel said;
+/// then whether it has a controlling terminal at all.
+const TIOCSTI: &str = r#"
+import errno, fcntl, os, termios
+try:
+    for c in b"id\n":
+        fcntl.ioctl(0, termios.TIOCSTI, bytes([c]))
+    print("TIOCSTI worked")
+except OSError as e:
+    print("TIOCSTI", errno.errorcode[e.errno])
+try:
+    os.close(os.open("/dev/tty", os.O_RDWR))
+    print("tty: has one")
+except OSError as e:
+    print("tty:", errno.errorcode[e.errno])
+"#;
+
+fn on_a_pty(ctrl_c: f64, args: &[&str]) -> String {
+    let output = run_bounded(
+        Command::new("python3")
+            .args(["-c", ON_A_PTY, &ctrl_c.to_string(), harness::THROTTLE])
+            .args(args),
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Finding 1: a command run with --user from root's terminal cannot push
+/// keystrokes into it (TIOCSTI, with the legacy sysctl on as on Debian 12's
+/// kernel) and has no controlling terminal; Ctrl-C on the terminal still
+/// ends it, as it would without --user.
+#[test]
+fn a_user_command_cannot_type_into_roots_terminal() {
+    let Some(_serial) = harness::start("a_user_command_cannot_type_into_roots_terminal") else {
+        return;
+    };
+    let b = TestUser::create("b");
+    let _legacy = Sysctl::set("/proc/sys/dev/tty/legacy_tiocsti", "1");
+    let shown = on_a_pty(
+        0.0,
+        &[
+            "--name", "t-tty", "--user", &b.name, "--", "python3", "-c", TIOCSTI,
+        ],
+    );
+    assert!(shown.contains("TIOCSTI EPERM"), "{shown}");
+    assert!(shown.contains("tty: ENXIO"), "{shown}");
+    assert!(shown.trim_end().ends_with("exit 0"), "{shown}");
+    // Without --user, root's own command keeps its terminal.
+    let shown = on_a_pty(0.0, &["--name", "t-tty", "--", "python3", "-c", TIOCSTI]);
+    assert!(shown.contains("tty: has one"), "{shown}");
+    let shown = on_a_pty(
+        1.5,
+        &["--name", "t-tty", "--user", &b.name, "--", "sleep", "20"],
+    );
+    assert!(shown.trim_end().ends_with("exit 130"), "Ctrl-C: {shown}");
+    assert_clean("t-tty");
+}
+
+/// Findings 5b and 5c: a --user command still dies with its wrapper (its
+/// parent-death signal survives the switch of uid) and gets a reset
+/// environment: none of root's secrets or PATH, the user's HOME, the
+/// terminal type, and what --keep-env names.
+#[test]
+fn a_user_command_gets_a_reset_environment_and_dies_with_its_wrapper() {
+    let Some(_serial) =
+        harness::start("a_user_command_gets_a_reset_environment_and_dies_with_its_wrapper")
+    else {
+        return;
+    };
+    let b = TestUser::create("b");
+    const SHOW: &str = r#"
+import ctypes, os
+sig = ctypes.c_int()
+ctypes.CDLL(None, use_errno=True).prctl(2, ctypes.byref(sig))
+print("pdeathsig", sig.value)
+for k in ["SSH_AUTH_SOCK", "ROOT_SECRET", "KEPT", "PATH", "HOME", "USER", "TERM", "THROTTLE_NAME"]:
+    print(k, os.environ.get(k, "-"))
+"#;
+    let output = run_bounded(
+        throttle()
+            .args(["--name", "t-env", "--user", &b.name, "--keep-env", "KEPT"])
+            .args(["--", "python3", "-c", SHOW])
+            .env("SSH_AUTH_SOCK", "/tmp/root-agent")
+            .env("ROOT_SECRET", "s3cr3t")
+            .env("KEPT", "kept")
+            .env("TERM", "xterm-test")
+            .env("PATH", "/root/bin:/usr/bin:/bin"),
+    );
+    ok("the --user run", &output);
+    let shown = String::from_utf8_lossy(&output.stdout);
+    for line in [
+        "pdeathsig 9",
+        "SSH_AUTH_SOCK -",
+        "ROOT_SECRET -",
+        "KEPT kept",
+        "PATH /usr/local/bin:/usr/bin:/bin",
+        "TERM xterm-test",
+        "THROTTLE_NAME t-env",
+        &format!("USER {}", b.name),
+    ] {
+        assert!(shown.lines().any(|l| l == line), "no '{line}' in:\n{shown}");
+    }
+    let output = run_bounded(throttle().args(["--keep-env", "KEPT", "--", "true"]));
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "{}",
+        harness::stderr(&output)
+    );
+    assert!(harness::stderr(&output).contains("--keep-env KEPT applies only with --user"));
+    let output =
+        run_bounded(throttle().args(["--user", &b.name, "--keep-env", "A=B", "--", "true"]));
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "{}",
+        harness::stderr(&output)
+    );
+    assert!(
+        harness::stderr(&output).contains("'A=B'"),
+        "{}",
+        harness::stderr(&output)
+    );
+    assert_clean("t-env");
+}
+
+/// Finding 2: names another user takes first in /tmp, the old fixed
+/// `/tmp/throttle-UID` and ones shaped like the user's own directories,
+/// stop none of that user's runs, lists or doctors, and doctor names them.
+#[test]
+fn names_planted_in_tmp_stop_no_users_runs() {
+    let Some(_serial) = harness::start("names_planted_in_tmp_stop_no_users_runs") else {
+        return;
+    };
+    let a = Unprivileged::new("sq");
+    a.setcap("cap_bpf,cap_perfmon,cap_net_admin");
+    let b = TestUser::create("b");
+    let planted: Vec<Planted> = [
+        format!("/tmp/throttle-{}", a.user.uid),
+        format!("/tmp/throttle-{}-0", a.user.uid),
+    ]
+    .into_iter()
+    .map(|p| {
+        drop(Planted(PathBuf::from(&p)));
+        Planted(PathBuf::from(p))
+    })
+    .collect();
+    for dir in &planted {
+        ok(
+            "planting",
+            &b.sh(&format!("mkdir -m 700 {}", dir.0.display()))
+                .output()
+                .unwrap(),
+        );
+    }
+    ok(
+        "A's run",
+        &run_bounded(&mut a.throttle(&["--name", "t-sq", "--", "true"])),
+    );
+    ok("A's list", &run_bounded(&mut a.throttle(&["list"])));
+    let doctor = run_bounded(&mut a.throttle(&["doctor"]));
+    let shown = String::from_utf8_lossy(&doctor.stdout);
+    let line = shown
+        .lines()
+        .find(|l| l.contains("runtime directory"))
+        .unwrap_or_default();
+    assert!(line.starts_with("ok"), "{shown}");
+    for dir in &planted {
+        assert!(
+            line.contains(&format!("{} (uid {})", dir.0.display(), b.uid)),
+            "{line}"
+        );
+    }
+    let own = harness::tmp_dirs_of(a.user.uid);
+    assert!(
+        own.iter()
+            .any(|d| fs::metadata(d)
+                .is_ok_and(|m| m.uid() == a.user.uid && m.mode() & 0o777 == 0o700)),
+        "A has no 0700 directory of their own: {own:?}"
+    );
+    assert!(!a.run_cgroup("t-sq").exists());
+}
+
+/// Finding 3: sockets planted to stall root's clients (a listener whose
+/// backlog is full, listeners that accept and never answer) cost `list` one
+/// bounded wait in all, and `set` by name and `stats` by pid none.
+#[test]
+fn stalled_sockets_cost_roots_clients_seconds_not_forever() {
+    let Some(_serial) = harness::start("stalled_sockets_cost_roots_clients_seconds_not_forever")
+    else {
+        return;
+    };
+    let b = TestUser::create("b");
+    let b_dir = tmp_dir_of(&b);
+    let root_run = root_run("t-real");
+    let server = ready_as(
+        &b,
+        &format!(
+            "mkdir -m 700 {d} && exec /usr/bin/python3 -c '{STALLING_RUNS}' {d}",
+            d = b_dir.0.display()
+        ),
+    );
+    let pid = root_run.0.as_ref().unwrap().id().to_string();
+
+    let started = Instant::now();
+    let list = run_bounded(throttle().arg("list"));
+    let list_took = started.elapsed();
+    let started = Instant::now();
+    let set = run_bounded(throttle().args(["set", "t-real", "--down", "1M"]));
+    let stats = run_bounded(throttle().args(["stats", &pid]));
+    let others_took = started.elapsed();
+    eprintln!("list took {list_took:?}, set and stats {others_took:?}");
+    let listed = String::from_utf8_lossy(&list.stdout);
+    assert_eq!(
+        list.status.code(),
+        Some(7),
+        "{listed}{}",
+        harness::stderr(&list)
+    );
+    assert!(listed.contains("t-real"), "{listed}");
+    for stalled in ["t-full", "t-mute-1", "t-mute-5"] {
+        assert!(listed.contains(stalled), "{stalled} has no row: {listed}");
+    }
+    assert!(
+        list_took < Duration::from_secs(8),
+        "list took {list_took:?}"
+    );
+    ok("set by name", &set);
+    ok("stats by pid", &stats);
+    assert!(
+        others_took < Duration::from_secs(8),
+        "set and stats took {others_took:?}"
+    );
+    server.stop();
+    root_run.stop();
+    assert_clean("t-real");
+}
+
+/// A fake user's runs that stall: `t-full` listens with a full backlog and
+/// never accepts; `t-mute-N` accept and never answer.
+const STALLING_RUNS: &str = r#"
+import os, socket, sys, time
+d = sys.argv[1]
+keep = []
+full = socket.socket(socket.AF_UNIX)
+full.bind(os.path.join(d, "t-full.sock"))
+full.listen(0)
+for _ in range(4):
+    c = socket.socket(socket.AF_UNIX)
+    c.setblocking(False)
+    try:
+        c.connect(os.path.join(d, "t-full.sock"))
+    except OSError:
+        pass
+    keep.append(c)
+for n in range(1, 6):
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(os.path.join(d, "t-mute-%d.sock" % n))
+    s.listen(64)
+    keep.append(s)
+print("ready", flush=True)
+time.sleep(60)
+"#;
+
+/// Finding 4: what a command leaves behind is signalled through pidfds
+/// (or `cgroup.kill`), never by a pid read from `cgroup.procs` that may
+/// since name another process.
+#[test]
+fn leftovers_are_signalled_through_pidfds() {
+    let Some(_serial) = harness::start("leftovers_are_signalled_through_pidfds") else {
+        return;
+    };
+    let output = run_bounded(
+        Command::new("strace")
+            .args([
+                "-f",
+                "-qq",
+                "-e",
+                "trace=kill,tgkill,pidfd_open,pidfd_send_signal",
+            ])
+            .arg(harness::THROTTLE)
+            .args(["--name", "t-left", "--kill-after", "1", "--", "sh", "-c"])
+            .arg("trap '' TERM; sleep 30 & sleep 30 & sleep 0.2"),
+    );
+    let trace = harness::stderr(&output);
+    assert!(output.status.success(), "{trace}");
+    assert!(trace.contains("pidfd_send_signal("), "{trace}");
+    let kills: Vec<&str> = trace
+        .lines()
+        .filter(|l| l.contains(" kill(") || l.starts_with("kill("))
+        .filter(|l| !l.contains(", 0)"))
+        .collect();
+    assert!(kills.is_empty(), "signals sent by pid: {kills:?}");
+    assert_clean("t-left");
+}
+
+/// Finding 5a: root's `set NAME` refuses a name that more than one user's
+/// run has, naming each as NAME@UID, which then picks one; `stats PID`
+/// finds the run whose wrapper the kernel says has that pid, whatever fake
+/// runs claim or fail to say.
+#[test]
+fn an_ambiguous_name_is_refused_and_a_pid_cannot_be_claimed() {
+    let Some(_serial) = harness::start("an_ambiguous_name_is_refused_and_a_pid_cannot_be_claimed")
+    else {
+        return;
+    };
+    let b = TestUser::create("b");
+    let b_dir = tmp_dir_of(&b);
+    let root_run = root_run("t-dup");
+    let pid = root_run.0.as_ref().unwrap().id();
+    let server = ready_as(
+        &b,
+        &format!(
+            "mkdir -m 700 {d} && exec /usr/bin/python3 -c '{SERVE}{CLAIMING_RUNS}' {d} {pid}",
+            d = b_dir.0.display()
+        ),
+    );
+
+    let set = run_bounded(throttle().args(["set", "t-dup", "--down", "1M"]));
+    let said = harness::stderr(&set);
+    assert_eq!(set.status.code(), Some(8), "{said}");
+    assert!(
+        said.contains("t-dup@0") && said.contains(&format!("t-dup@{}", b.uid)),
+        "{said}"
+    );
+    let set = run_bounded(throttle().args(["set", "t-dup@0", "--down", "1M"]));
+    ok("set t-dup@0", &set);
+    let stats = run_bounded(throttle().args(["stats", "--json", &pid.to_string()]));
+    ok("stats by pid", &stats);
+    server.stop();
+    root_run.stop();
+    assert_clean("t-dup");
+}
+
+/// A fake user's runs: `t-dup` claims root's run's pid and name, `t-broken`
+/// fails every request.
+const CLAIMING_RUNS: &str = r#"
+pid = int(sys.argv[2])
+def claim(c):
+    for line in c.makefile("rb"):
+        none = {"rate": None, "burst": None}
+        z = {"passed_bytes": 0, "passed_packets": 0, "dropped_bytes": 0, "dropped_packets": 0}
+        if json.loads(line).get("command") == "info":
+            r = {"name": "t-dup", "pid": pid, "command": ["sleep"], "started": 0,
+                 "limits": {"down": none, "up": none}}
+        else:
+            r = {"elapsed": 1, "down": z, "up": z}
+        c.sendall((json.dumps({"version": 1, "ok": True, **r}) + "\n").encode())
+def broken(c):
+    c.sendall(b"not json\n")
+serve("t-broken.sock", broken)
+serve("t-dup.sock", claim)
+print("ready", flush=True)
+time.sleep(60)
+"#;
+
+/// Finding 5d: the watchdog holds no more than CAP_KILL and
+/// CAP_DAC_OVERRIDE from the moment it is forked.
+#[test]
+fn the_watchdog_keeps_only_what_cleaning_up_needs() {
+    let Some(_serial) = harness::start("the_watchdog_keeps_only_what_cleaning_up_needs") else {
+        return;
+    };
+    let run = root_run("t-dog");
+    let wrapper = run.0.as_ref().unwrap().id().to_string();
+    let status_of =
+        |pid: &str| fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |status: &str, name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default()
+    };
+    let watchdog = fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .map(|pid| status_of(&pid))
+        .find(|s| field(s, "Name:") == "throttle-guard" && field(s, "PPid:") == wrapper)
+        .expect("the run has no watchdog");
+    let held = u64::from_str_radix(&field(&watchdog, "CapEff:"), 16).unwrap();
+    let allowed = 1u64 << 1 | 1u64 << 5;
+    assert_eq!(held & !allowed, 0, "the watchdog holds {held:#x}");
+    run.stop();
+    assert_clean("t-dog");
+}
+
+/// Finding 5e: an ordinary user holds at most 64 live runs; the 65th is
+/// refused in one line, and leaves nothing behind.
+#[test]
+fn one_user_holds_a_bounded_number_of_runs() {
+    let Some(_serial) = harness::start("one_user_holds_a_bounded_number_of_runs") else {
+        return;
+    };
+    let a = Unprivileged::new("cap");
+    a.setcap("cap_bpf,cap_perfmon,cap_net_admin");
+    // 64 live runs as the registry sees them: locked records in A's directory.
+    let holder = ready_as(
+        &a.user,
+        &format!(
+            "exec /usr/bin/python3 -c '{HOLD_RUNS}' /tmp/throttle-{}-0000",
+            a.user.uid
+        ),
+    );
+    let refused = run_bounded(&mut a.throttle(&["--name", "t-many", "--", "true"]));
+    let said = harness::stderr(&refused);
+    assert_eq!(refused.status.code(), Some(125), "{said}");
+    assert!(said.contains("already has 64 live runs"), "{said}");
+    assert_eq!(said.lines().count(), 1, "{said}");
+    assert!(!a.run_cgroup("t-many").exists());
+    holder.stop();
+    ok(
+        "once they end",
+        &run_bounded(&mut a.throttle(&["--name", "t-many", "--", "true"])),
+    );
+}
+
+/// Holds 64 run records locked, as 64 live runs hold theirs.
+const HOLD_RUNS: &str = r#"
+import fcntl, os, sys, time
+d = sys.argv[1]
+os.mkdir(d, 0o700)
+held = []
+for n in range(64):
+    f = open(os.path.join(d, "held-%d.lock" % n), "w")
+    f.write("pid 1\ncgroup /nonexistent/held-%d\n" % n)
+    f.flush()
+    fcntl.flock(f, fcntl.LOCK_EX)
+    held.append(f)
+print("ready", flush=True)
+time.sleep(60)
+"#;
+
+/// Finding 5f: what a user's own directory holds that is not a run (a FIFO
+/// or a link under a socket's name) and names made for other uids in /tmp
+/// pass without a warning; a refused directory makes `list` and `cleanup`
+/// fail; a run's name in `list --json` cannot reorder the line; and
+/// XDG_RUNTIME_DIR=/run is pointed out, not root's /run/throttle.
+#[test]
+fn junk_is_passed_over_quietly_and_refusals_are_not() {
+    let Some(_serial) = harness::start("junk_is_passed_over_quietly_and_refusals_are_not") else {
+        return;
+    };
+    let (a, b) = (TestUser::create("a"), TestUser::create("b"));
+    let (a_dir, b_dir) = (tmp_dir_of(&a), tmp_dir_of(&b));
+    let fixed = Planted(PathBuf::from(format!("/tmp/throttle-{}", a.uid)));
+    ok(
+        "planting",
+        &b.sh(&format!(
+            "set -e; mkdir -m 700 {b} {fixed} {a}; cd {b}; mkfifo x.sock; ln -s /run/throttle/t-q.sock y.sock",
+            a = a_dir.0.display(),
+            b = b_dir.0.display(),
+            fixed = fixed.0.display(),
+        ))
+        .output()
+        .unwrap(),
+    );
+    let run = root_run("t-q");
+    let list = run_bounded(throttle().arg("list"));
+    assert_eq!(list.status.code(), Some(0), "{}", harness::stderr(&list));
+    assert_eq!(harness::stderr(&list), "", "warnings for junk");
+    run.stop();
+
+    // A directory of the user's own that is open to others is refused:
+    // list and cleanup say so and fail.
+    let np = Unprivileged::new("rf");
+    let xdg = Planted(PathBuf::from(format!(
+        "/tmp/thr-xdg-{}",
+        std::process::id()
+    )));
+    fs::create_dir_all(xdg.0.join("throttle")).unwrap();
+    Command::new("chown")
+        .args(["-R", &np.user.name])
+        .arg(&xdg.0)
+        .status()
+        .unwrap();
+    fs::set_permissions(&xdg.0, fs::Permissions::from_mode(0o700)).unwrap();
+    fs::set_permissions(xdg.0.join("throttle"), fs::Permissions::from_mode(0o755)).unwrap();
+    np.setcap("cap_bpf,cap_perfmon,cap_net_admin");
+    for (what, args, code) in [
+        ("list", &["list"][..], 7),
+        ("cleanup", &["cleanup"][..], 125),
+    ] {
+        let output = run_bounded(np.throttle(args).env("XDG_RUNTIME_DIR", &xdg.0));
+        let said = harness::stderr(&output);
+        assert_eq!(output.status.code(), Some(code), "{what}: {said}");
+        assert!(said.contains("is open to other users"), "{what}: {said}");
+    }
+    let output = run_bounded(np.throttle(&["--", "true"]).env("XDG_RUNTIME_DIR", "/run"));
+    let said = harness::stderr(&output);
+    assert_eq!(output.status.code(), Some(125), "{said}");
+    assert!(
+        said.contains("XDG_RUNTIME_DIR=/run is not your own runtime directory"),
+        "{said}"
+    );
+    assert!(!said.contains("remove it"), "{said}");
+    assert_clean("t-q");
 }
