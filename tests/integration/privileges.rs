@@ -222,16 +222,22 @@ fn ordinary_users_cannot_reach_each_others_runs() {
     }
     let mut a_run = a.throttle(&["--down", "1M", "--name", "t-same", "--", "sleep", "20"]);
     let a_run = harness::RunGuard(Some(a_run.spawn().unwrap()));
-    let a_socket = std::env::temp_dir().join(format!("throttle-{}/t-same.sock", a.user.uid));
+    // Without XDG_RUNTIME_DIR, A's runs live in a /tmp directory of theirs.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !a_socket.exists() {
+    let a_socket = loop {
+        let found = harness::tmp_dirs_of(a.user.uid)
+            .into_iter()
+            .map(|dir| dir.join("t-same.sock"))
+            .find(|socket| socket.exists());
+        if let Some(socket) = found {
+            break socket;
+        }
         assert!(
             std::time::Instant::now() < deadline,
-            "no socket at {}",
-            a_socket.display()
+            "no socket t-same.sock in A's directories"
         );
         std::thread::sleep(Duration::from_millis(20));
-    }
+    };
     let b_throttle = |args: &[&str]| run(&mut b.throttle(args));
     let listed = b_throttle(&["list"]);
     assert!(

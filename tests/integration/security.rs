@@ -1293,7 +1293,9 @@ fn junk_is_passed_over_quietly_and_refusals_are_not() {
     };
     let (a, b) = (TestUser::create("a"), TestUser::create("b"));
     let (a_dir, b_dir) = (tmp_dir_of(&a), tmp_dir_of(&b));
-    let fixed = Planted(PathBuf::from(format!("/tmp/throttle-{}", a.uid)));
+    let fixed = PathBuf::from(format!("/tmp/throttle-{}", a.uid));
+    drop(Planted(fixed.clone()));
+    let fixed = Planted(fixed);
     ok(
         "planting",
         &b.sh(&format!(
