@@ -176,7 +176,7 @@ impl Programs {
         };
         let link = link.with_context(|| {
             format!(
-                "could not attach {name} to {} (cgroup bpf_link needs Linux 5.7+ and {})",
+                "could not attach {name} to {} (throttle needs Linux 5.10+ and {})",
                 self.cgroup.display(),
                 privileges::names()
             )

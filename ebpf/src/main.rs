@@ -18,19 +18,20 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
     bindings::{
-        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_HDR_OPT_LEN_CB,
-        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_RETRANS_CB_FLAG, BPF_SOCK_OPS_RWND_INIT,
+        BPF_SK_STORAGE_GET_F_CREATE, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB,
+        BPF_SOCK_OPS_HDR_OPT_LEN_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_RWND_INIT,
         BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG,
-        BPF_TCP_ESTABLISHED,
+        BPF_TCP_ESTABLISHED, bpf_sock,
     },
-    helpers::{bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_setsockopt, bpf_tcp_sock},
-    macros::{cgroup_skb, map, sock_ops},
-    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
+    btf_maps::SkStorage,
+    helpers::{bpf_ktime_get_ns, bpf_setsockopt, bpf_tcp_sock, generated::bpf_sk_storage_get},
+    macros::{btf_map, cgroup_skb, map, sock_ops},
+    maps::{Array, LpmTrie, PerCpuArray, lpm_trie::Key},
     programs::{SkBuffContext, SockOpsContext},
 };
 use throttle_common::{
     Counters, DIRECTIONS, DOWN, Limit, UP,
-    fairness::{NEW_CONNECTION, Sender, police_fairly, upload_sender},
+    fairness::{Sender, police_fairly, upload_sender},
     networks::{MAX_NETWORKS, SCOPE_EVERYTHING, limited, mapped_words},
     packet::{IPPROTO_TCP, ip_header_len, layout, tcp_without_payload},
     policer::{Step, police, transmit_ns},
@@ -66,16 +67,76 @@ static FLOWS: Array<u64> = Array::with_max_entries(1, 0);
 #[map]
 static TALLIES: Array<Tally> = Array::with_max_entries(2, 0);
 
-/// Per socket (by cookie), when it was last counted in a tally. An LRU map,
-/// so closed sockets need no removal: a socket evicted while alive is
-/// counted afresh with its next segment.
-#[map]
-static SEEN: LruHashMap<u64, Seen> = LruHashMap::with_max_entries(4096, 0);
+/// What one of the run's sockets carries for this run: socket-local
+/// storage, one value per socket per map, so per run (each run loads its
+/// own object), created on the socket's first packet or callback and freed
+/// with the socket. Nothing is hashed or evicted, however many connections
+/// the run holds, and a nested run's programs, which see the same sockets,
+/// keep values of their own.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Conn {
+    /// When the socket was last counted in a download tally.
+    seen: Seen,
+    /// Its clock at its share of each direction's limit (see
+    /// `throttle_common::fairness`); zero, `NEW_CONNECTION`, until policed.
+    fair: [u64; DIRECTIONS as usize],
+    /// 1 while the socket is counted in FLOWS.
+    counted: u64,
+}
 
-/// Per socket and direction (cookie, direction), its clock at its share
-/// of the limit (see `throttle_common::fairness`). An LRU map, like SEEN.
-#[map]
-static FAIR: LruHashMap<[u64; 2], u64> = LruHashMap::with_max_entries(8192, 0);
+#[btf_map]
+static CONNS: SkStorage<Conn> = SkStorage::new();
+
+/// The run's value for the full socket `sk`, created zeroed if it has none
+/// yet; None if the kernel cannot store one (out of memory).
+///
+/// # Safety
+/// `sk` must be a socket the verifier has checked is not null; the helper
+/// gives no value for one that is not a full socket.
+#[inline(always)]
+unsafe fn conn_of(sk: *mut bpf_sock) -> Option<&'static mut Conn> {
+    let map = core::ptr::from_ref(&CONNS).cast_mut().cast();
+    let flags = u64::from(BPF_SK_STORAGE_GET_F_CREATE);
+    // SAFETY: the map is CONNS and `sk` a socket (see above); a null
+    // initial value asks for a zeroed one.
+    let value = unsafe { bpf_sk_storage_get(map, sk.cast(), core::ptr::null_mut(), flags) };
+    // SAFETY: a value the helper returns lives as long as the socket, which
+    // outlives this program run.
+    unsafe { value.cast::<Conn>().as_mut() }
+}
+
+/// The run's value for the socket of a sock_ops callback.
+#[inline(always)]
+fn conn_of_ops(ctx: &SockOpsContext) -> Option<&'static mut Conn> {
+    // SAFETY: ctx.ops is the kernel's bpf_sock_ops for this call; its `sk`
+    // is a full socket or null, checked before use.
+    unsafe {
+        let sk = core::ptr::read_volatile(&(*ctx.ops).__bindgen_anon_2.sk);
+        if sk.is_null() { None } else { conn_of(sk) }
+    }
+}
+
+/// The socket a packet belongs to, or null. Read once per packet and
+/// passed on: each read is a value the verifier knows nothing of, so two
+/// reads, each checked for null, are four cases to it, not two.
+#[inline(always)]
+fn socket_of(ctx: &SkBuffContext) -> *mut bpf_sock {
+    // SAFETY: ctx.skb is the kernel's __sk_buff for this call.
+    unsafe { core::ptr::read_volatile(&(*ctx.skb.skb).__bindgen_anon_2.sk) }
+}
+
+/// The run's value for a packet's socket `sk` (from [`socket_of`]), if it
+/// has a full one (the helper itself gives none for a request or
+/// time-wait socket).
+#[inline(always)]
+fn conn_of_packet(sk: *mut bpf_sock) -> Option<&'static mut Conn> {
+    if sk.is_null() {
+        return None;
+    }
+    // SAFETY: `sk` is the packet's socket, checked for null just above.
+    unsafe { conn_of(sk) }
+}
 
 #[map]
 static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(DIRECTIONS, 0);
@@ -155,17 +216,14 @@ pub fn throttle_tuning(ctx: SockOpsContext) -> u32 {
     } else if op == BPF_SOCK_OPS_STATE_CB
         && ctx.arg(0) == BPF_TCP_ESTABLISHED
         && ctx.arg(1) != BPF_TCP_ESTABLISHED
-        && ctx.cb_flags() & COUNTED != 0
+        && let Some(conn) = conn_of_ops(&ctx)
+        && conn.counted != 0
     {
+        conn.counted = 0;
         count_flow(u64::MAX); // minus one, wrapping
     }
     1
 }
-
-/// The per-socket mark of a connection counted in FLOWS. A socket has no
-/// other storage here, so the mark is a callback flag whose callback
-/// (retransmission) is rare and ignored.
-const COUNTED: u32 = BPF_SOCK_OPS_RETRANS_CB_FLAG;
 
 /// Counts the connection in FLOWS once it has sent bulk data, so control
 /// connections, idle keep-alives and a download's ACK stream do not take a
@@ -175,36 +233,26 @@ const COUNTED: u32 = BPF_SOCK_OPS_RETRANS_CB_FLAG;
 fn count_if_bulk(ctx: &SockOpsContext, now: u64) {
     // SAFETY: ctx.ops is the kernel's bpf_sock_ops for this call.
     let (received, acked) = unsafe { ((*ctx.ops).bytes_received, (*ctx.ops).bytes_acked) };
-    let flags = ctx.cb_flags();
-    if flags & COUNTED == 0
-        && acked > bulk(up_rate())
-        && ctx.set_cb_flags((flags | COUNTED) as i32).is_ok()
-    {
+    let Some(conn) = conn_of_ops(ctx) else {
+        return;
+    };
+    if conn.counted == 0 && acked > bulk(up_rate()) {
+        conn.counted = 1;
         count_flow(1);
     }
     let rate = down_rate();
     if received <= bulk(rate) {
         return;
     }
-    // SAFETY: the helper only reads the socket behind the context.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
     let epoch = now / period_ns(rate);
-    // SAFETY: the value is copied out before the map can change it.
-    let last = unsafe { SEEN.get(&cookie) }.copied().unwrap_or_default();
+    let last = conn.seen;
     if !counts_in(epoch, last, received, rate) {
         if received > last.received {
-            let _ = SEEN.insert(
-                &cookie,
-                &Seen {
-                    epoch: last.epoch,
-                    received,
-                },
-                0,
-            );
+            conn.seen.received = received;
         }
         return;
     }
-    let _ = SEEN.insert(&cookie, &Seen { epoch, received }, 0);
+    conn.seen = Seen { epoch, received };
     if let Some(tally) = TALLIES.get_ptr_mut(tally_slot(epoch)) {
         // SAFETY: points into the map value, which outlives the program.
         // The first socket of a period resets the slot; two CPUs doing so
@@ -380,13 +428,11 @@ fn admit(ctx: &SkBuffContext, direction: u32) -> bool {
         let tat = core::ptr::read_volatile(clock);
         let step = if exempt {
             Step::Unlimited
-        } else if limit.rate != 0 {
-            // SAFETY: the helper only reads the socket the packet is for.
-            let key = [
-                bpf_get_socket_cookie(ctx.skb.skb.cast()),
-                u64::from(direction),
-            ];
-            let own = FAIR.get(&key).copied().unwrap_or(NEW_CONNECTION);
+        } else if limit.rate != 0
+            && let sk = socket_of(ctx)
+            && let Some(conn) = conn_of_packet(sk)
+        {
+            let slot = direction as usize & 1;
             let flows = if direction == DOWN {
                 receiving(now, limit.rate)
             } else {
@@ -395,15 +441,18 @@ fn admit(ctx: &SkBuffContext, direction: u32) -> bool {
             let sender = if direction == DOWN {
                 Sender::Remote
             } else {
-                upload_sender(acked(ctx), limit.rate)
+                upload_sender(acked(sk), limit.rate)
             };
-            let verdict =
-                police_fairly(sender, tat, own, now, len, limit, share(limit.rate, flows));
-            if verdict.connection != own {
-                let _ = FAIR.insert(&key, &verdict.connection, 0);
-            }
+            let share = share(limit.rate, flows);
+            let verdict = police_fairly(sender, tat, conn.fair[slot], now, len, limit, share);
+            conn.fair[slot] = verdict.connection;
             verdict.run
         } else {
+            // No limit, or a packet without a full socket to keep a clock
+            // in (the kernel could not store one): the run's bucket alone.
+            // One branch for both, taken before the fair policer, so the
+            // verifier checks that policer with the socket's value known
+            // to be there, once.
             police(tat, now, len, limit)
         };
         match step {
@@ -429,18 +478,17 @@ fn admit(ctx: &SkBuffContext, direction: u32) -> bool {
     }
 }
 
-/// The bytes acknowledged on the packet's TCP connection; `None` when it
-/// has no full TCP socket (UDP, a handshake's request socket).
+/// The bytes acknowledged on the TCP connection of a packet's socket `sk`
+/// (from [`socket_of`]); `None` when it has no full TCP socket (UDP, a
+/// handshake's request socket).
 #[inline(always)]
-fn acked(ctx: &SkBuffContext) -> Option<u64> {
-    // SAFETY: ctx.skb is the kernel's __sk_buff for this call; the helper
-    // takes the socket only after the null check the verifier demands,
-    // and its result is read only when not null.
+fn acked(sk: *mut bpf_sock) -> Option<u64> {
+    if sk.is_null() {
+        return None;
+    }
+    // SAFETY: `sk` is the packet's socket, checked for null just above; the
+    // helper's result is read only when not null.
     unsafe {
-        let sk = core::ptr::read_volatile(&(*ctx.skb.skb).__bindgen_anon_2.sk);
-        if sk.is_null() {
-            return None;
-        }
         let tcp = bpf_tcp_sock(sk);
         if tcp.is_null() {
             None
