@@ -174,10 +174,24 @@ fn the_unlimited_direction_is_not_slowed() {
     // Compared with the same transfer under a run with no limit, side by
     // side, so the bar holds on a slow machine or an emulated guest too; a
     // policed transfer would not reach 16 times the other direction's limit.
+    // A 64 MiB transfer here takes tens of milliseconds, which one stall
+    // of the machine can halve, so each side is the best of three,
+    // alternating.
     let floor = 16.0 * (64 << 10) as f64;
-    let base = download("t-base-down", &[], &server.url, 64 * MIB).overall_rate();
+    let best = |runs: [&dyn Fn() -> f64; 2]| {
+        let mut best = [0.0f64; 2];
+        for _ in 0..3 {
+            for (b, run) in best.iter_mut().zip(runs) {
+                *b = b.max(run());
+            }
+        }
+        best
+    };
     // A 64K/s upload limit polices upstream data, not the download's ACKs.
-    let rate = download("t-free-down", &["--up", "64K"], &server.url, 64 * MIB).overall_rate();
+    let [base, rate] = best([
+        &|| download("t-base-down", &[], &server.url, 64 * MIB).overall_rate(),
+        &|| download("t-free-down", &["--up", "64K"], &server.url, 64 * MIB).overall_rate(),
+    ]);
     eprintln!(
         "download with only --up 64K: {:.1} MiB/s, with no limit {:.1} MiB/s",
         rate / MIB as f64,
@@ -189,8 +203,10 @@ fn the_unlimited_direction_is_not_slowed() {
     );
     assert_clean("t-free-down");
 
-    let base = upload("t-base-up", &[], &server, 64 * MIB).overall_rate();
-    let rate = upload("t-free-up", &["--down", "64K"], &server, 64 * MIB).overall_rate();
+    let [base, rate] = best([
+        &|| upload("t-base-up", &[], &server, 64 * MIB).overall_rate(),
+        &|| upload("t-free-up", &["--down", "64K"], &server, 64 * MIB).overall_rate(),
+    ]);
     eprintln!(
         "upload with only --down 64K: {:.1} MiB/s, with no limit {:.1} MiB/s",
         rate / MIB as f64,
