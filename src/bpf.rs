@@ -347,47 +347,50 @@ impl Maps for Programs {
 /// Keeps the verifier's verdict but only its last lines: the full log is
 /// hundreds of lines and the cause is at the end. A refusal for want of
 /// privilege names what is missing instead: its log says nothing of
-/// capabilities.
+/// capabilities. The verifier refuses a bad access with EACCES too, so
+/// with every capability held the log decides which it was.
 fn explain_load(error: ProgramError) -> anyhow::Error {
-    match error {
-        ProgramError::LoadError { io_error, .. }
-            if matches!(
-                io_error.raw_os_error().map(Errno::from_raw),
-                Some(Errno::EACCES | Errno::EPERM)
-            ) =>
-        {
-            match privileges::missing() {
-                Some(missing) => anyhow!(
-                    "{io_error}: missing capability {missing}; {}",
-                    privileges::fix()
-                ),
-                None => anyhow!(
-                    "{io_error}, although {} are held: a security module (SELinux, \
-                     AppArmor, lockdown) may forbid eBPF here",
-                    privileges::names()
-                ),
-            }
-        }
-        ProgramError::LoadError {
-            io_error,
-            verifier_log,
-        } => {
-            let log = verifier_log.to_string();
-            let tail: Vec<&str> = log
-                .lines()
-                .rev()
-                .filter(|l| !l.trim().is_empty())
-                .take(3)
-                .collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
-            if tail.is_empty() {
-                anyhow!("{io_error}")
-            } else {
-                anyhow!("{io_error}; verifier: {}", tail.join(" | "))
-            }
-        }
-        other => anyhow!(other),
+    let ProgramError::LoadError {
+        io_error,
+        verifier_log,
+    } = error
+    else {
+        return anyhow!(error);
+    };
+    let denied = matches!(
+        io_error.raw_os_error().map(Errno::from_raw),
+        Some(Errno::EACCES | Errno::EPERM)
+    );
+    if denied && let Some(missing) = privileges::missing() {
+        return anyhow!(
+            "{io_error}: missing capability {missing}; {}",
+            privileges::fix()
+        );
     }
+    let log = verifier_log.to_string();
+    let mut tail: Vec<&str> = log
+        .lines()
+        .rev()
+        .filter(|l| !l.trim().is_empty() && !is_statistics(l))
+        .take(3)
+        .collect();
+    tail.reverse();
+    match (tail.is_empty(), denied) {
+        (false, _) => anyhow!("{io_error}; verifier: {}", tail.join(" | ")),
+        (true, true) => anyhow!(
+            "{io_error}, although {} are held: a security module (SELinux, \
+             AppArmor, lockdown) may forbid eBPF here",
+            privileges::names()
+        ),
+        (true, false) => anyhow!("{io_error}"),
+    }
+}
+
+/// The lines the verifier ends every log with, whatever its verdict.
+fn is_statistics(line: &str) -> bool {
+    ["verification time", "stack depth", "processed "]
+        .iter()
+        .any(|p| line.starts_with(p))
 }
 
 /// Ids of the programs attached directly to a cgroup at one hook, from

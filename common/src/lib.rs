@@ -5,6 +5,7 @@
 #![no_std]
 
 pub mod fairness;
+pub mod nested;
 pub mod networks;
 pub mod packet;
 pub mod policer;

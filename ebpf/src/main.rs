@@ -34,12 +34,12 @@ use aya_ebpf::{
     macros::{cgroup_skb, sock_ops},
     programs::{SkBuffContext, SockOpsContext},
 };
-use throttle_common::{DOWN, UP, sockets::initial_window};
+use throttle_common::{DOWN, UP, nested, sockets::initial_window};
 
 use crate::{
     flows::{count_if_bulk, uncount},
     police::admit,
-    tuning::{first_share, socket_limited, tune},
+    tuning::{first_share, reply, set_reply, socket_limited, tune},
 };
 
 const DROP: i32 = 0;
@@ -85,7 +85,8 @@ pub fn throttle_tuning(ctx: SockOpsContext) -> u32 {
         if opening {
             // SAFETY: ctx.ops is the kernel's bpf_sock_ops for this call.
             let mss = unsafe { (*ctx.ops).mss_cache };
-            ctx.set_reply(initial_window(first_share(now, limited), mss));
+            let own = initial_window(first_share(now, limited), mss);
+            set_reply(&ctx, nested::initial_window(own, reply(&ctx)));
             return 1;
         }
         if established {

@@ -5,6 +5,7 @@
 use aya_ebpf::{helpers::bpf_setsockopt, maps::lpm_trie::Key, programs::SockOpsContext};
 use throttle_common::{
     DOWN, UP,
+    nested::{Tuning, compose},
     networks::{SCOPE_EVERYTHING, limited, mapped_words},
     policer::transmit_ns,
     sockets::{drained, pacing_rate, receive_window, share, window_gain, window_rtt},
@@ -78,8 +79,33 @@ fn set_option(ctx: &SockOpsContext, level: i32, name: i32, mut value: u32) {
     }
 }
 
+/// The context's `reply` word (which `args[0]` shares), as the runs inside
+/// this one left it.
+#[inline(always)]
+pub fn reply(ctx: &SockOpsContext) -> u32 {
+    // The base is read anew for each access, so the compiler cannot keep
+    // `ctx + 4` in a register for the read and the write: the verifier
+    // refuses a context access through a moved pointer.
+    // SAFETY: reads a local.
+    let ops = unsafe { core::ptr::read_volatile(&ctx.ops) };
+    // SAFETY: ops is the kernel's bpf_sock_ops for this call.
+    unsafe { core::ptr::read_volatile(&(*ops).__bindgen_anon_1.reply) }
+}
+
+/// Leaves `value` in the context's `reply` word.
+#[inline(always)]
+pub fn set_reply(ctx: &SockOpsContext, value: u32) {
+    // SAFETY: reads a local (see `reply`).
+    let ops = unsafe { core::ptr::read_volatile(&ctx.ops) };
+    // SAFETY: ops is the kernel's bpf_sock_ops for this call; `reply` is
+    // the one field a program may write.
+    unsafe { core::ptr::write_volatile(&raw mut (*ops).__bindgen_anon_1.reply, value) };
+}
+
 /// Keeps the socket's receive window clamp and pacing cap in line with the
-/// limits; a socket the lists leave unlimited gets neither.
+/// limits, or with a tighter run's inside this one (see
+/// `throttle_common::nested`); a socket the lists leave unlimited gets
+/// neither of this run's.
 #[inline(always)]
 pub fn tune(ctx: &SockOpsContext, now: u64, limited: bool) {
     if !tuning_on() {
@@ -107,9 +133,17 @@ pub fn tune(ctx: &SockOpsContext, now: u64, limited: bool) {
         mss,
         window_gain(drained(tat, now, tolerance)),
     );
-    set_option(ctx, SOL_TCP, TCP_WINDOW_CLAMP, window);
     let pacing = pacing_rate(share(up_rate, sending()));
-    set_option(ctx, SOL_SOCKET, SO_MAX_PACING_RATE, pacing);
+    // The runs inside this one have had their turn; a looser value here
+    // must not undo their tighter one.
+    let step = compose(Tuning { window, pacing }, reply(ctx));
+    if step.set_window {
+        set_option(ctx, SOL_TCP, TCP_WINDOW_CLAMP, window);
+    }
+    if step.set_pacing {
+        set_option(ctx, SOL_SOCKET, SO_MAX_PACING_RATE, pacing);
+    }
+    set_reply(ctx, step.reply);
 }
 
 /// The download share a connection opening now would get: it joins the

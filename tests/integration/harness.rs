@@ -165,6 +165,16 @@ pub fn assert_clean(name: &str) {
     }
 }
 
+/// The `--summary=json` lines of a run's stderr (one per run, nested runs
+/// too), each an object naming its run.
+pub fn summaries(stderr: &str) -> Vec<serde_json::Value> {
+    stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("name").is_some())
+        .collect()
+}
+
 pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }

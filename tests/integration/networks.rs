@@ -22,13 +22,9 @@ const FREE: f64 = 8.0 * MIB as f64;
 
 /// The `--summary=json` line of a run's stderr.
 fn summary(stderr: &str) -> Value {
-    stderr
-        .lines()
-        .find_map(|l| {
-            serde_json::from_str::<Value>(l)
-                .ok()
-                .filter(|v| v.get("name").is_some())
-        })
+    harness::summaries(stderr)
+        .into_iter()
+        .next()
         .unwrap_or_else(|| panic!("no --summary=json line in: {stderr}"))
 }
 
