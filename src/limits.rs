@@ -122,10 +122,7 @@ impl Limits {
     /// What the `LIMITS` map holds for `direction`.
     pub fn map_value(&self, direction: Direction) -> Limit {
         let rate = self.rates[direction].map_value();
-        Limit {
-            rate,
-            burst: self.burst.unwrap_or_else(|| default_burst(rate)),
-        }
+        Limit::new(rate, self.burst.unwrap_or_else(|| default_burst(rate)))
     }
 
     /// The credit `direction`'s bucket starts the run with: a burst set

@@ -81,7 +81,7 @@ pub fn police_fairly(
     tat: u64,
     own: u64,
     now: u64,
-    len: u64,
+    len: u32,
     limit: &Limit,
     share: u64,
 ) -> Verdict {
@@ -120,19 +120,17 @@ pub fn police_fairly(
     // uploads were aborted by the kernel again. A download alone keeps the
     // debt (see `Sender::Remote`), and so does a quiet connection (see
     // `Sender::Quiet`).
-    let tolerance = transmit_ns(limit.burst, limit.rate);
+    let tolerance = limit.tolerance_ns;
     let alone = share >= limit.rate && sender == Sender::Local;
     let debt = match (alone, own <= now) {
         (false, true) => tolerance,
         (false, false) => tolerance / 2,
-        (true, true) => transmit_ns(len, limit.rate),
+        (true, true) => limit.per_byte.ns(len),
         (true, false) => 0,
     };
     let debt_limit = now.saturating_add(tolerance).saturating_add(debt);
     let run = match step {
-        Step::Drop if within_share && tat <= debt_limit => {
-            Step::Advance(transmit_ns(len, limit.rate))
-        }
+        Step::Drop if within_share && tat <= debt_limit => Step::Advance(limit.per_byte.ns(len)),
         step => step,
     };
     if !run.passes() {
@@ -145,7 +143,7 @@ pub fn police_fairly(
     // no more than two of its bursts: it yields first when the others need
     // their share, yet not for long.
     let start = if own > now { own } else { now };
-    let ahead = start.saturating_add(transmit_ns(len, share));
+    let ahead = start.saturating_add(transmit_ns(u64::from(len), share));
     let cap = now.saturating_add(own_tolerance.saturating_mul(2));
     Verdict {
         run,
@@ -166,10 +164,7 @@ mod tests {
     const MIB: u64 = 1024 * KIB;
 
     fn limit(rate: u64) -> Limit {
-        Limit {
-            rate,
-            burst: default_burst(rate),
-        }
+        Limit::new(rate, default_burst(rate))
     }
 
     #[test]
@@ -304,7 +299,7 @@ mod tests {
     #[test]
     fn extreme_values_saturate() {
         let lim = limit(crate::policer::MAX_RATE);
-        let v = police_fairly(Sender::Remote, u64::MAX, 0, u64::MAX - 1, u64::MAX, &lim, 1);
+        let v = police_fairly(Sender::Remote, u64::MAX, 0, u64::MAX - 1, u32::MAX, &lim, 1);
         // Nothing wraps: the clock saturates at the end of time.
         assert!(v.run.passes());
         assert_eq!(v.connection, u64::MAX);

@@ -127,6 +127,35 @@ pub struct Limit {
     pub rate: u64,
     /// Bucket depth in bytes: how far ahead of the rate a burst may run.
     pub burst: u64,
+    /// What the kernel would otherwise divide for on every packet,
+    /// precomputed by [`Limit::new`] on every `set`.
+    /// [`transmit_ns`](policer::transmit_ns)`(burst, rate)`: how far the
+    /// clock may run ahead of now.
+    pub tolerance_ns: u64,
+    /// [`period_ns`](sockets::period_ns)`(rate)`: the download tallies'
+    /// period.
+    pub period_ns: u64,
+    /// A packet's cost at `rate`, by multiplying.
+    pub per_byte: policer::NsPerByte,
+}
+
+impl Limit {
+    /// The limit of `rate` bytes/s (0: unlimited) with a bucket of `burst`
+    /// bytes, with its derived constants.
+    #[cfg(not(target_arch = "bpf"))]
+    pub fn new(rate: u64, burst: u64) -> Limit {
+        Limit {
+            rate,
+            burst,
+            tolerance_ns: if rate == 0 {
+                0
+            } else {
+                policer::transmit_ns(burst, rate)
+            },
+            period_ns: sockets::period_ns(rate),
+            per_byte: policer::NsPerByte::new(rate),
+        }
+    }
 }
 
 /// Per-direction traffic counters, kept per CPU in the kernel and summed by

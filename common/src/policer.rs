@@ -117,6 +117,61 @@ pub fn transmit_ns(bytes: u64, rate: u64) -> u64 {
     whole.saturating_add(part)
 }
 
+/// `transmit_ns(len, rate)` for a packet's `len` by a multiply and shifts:
+/// `M = ceil(NSEC_PER_SEC · 2^66 / rate)`, as three 32-bit limbs (least
+/// significant first; the fourth is 0), and `floor(len · M / 2^66)`.
+///
+/// That equals `floor(len · NSEC_PER_SEC / rate)` for every `len < 2^32`
+/// and `rate ≤ MAX_RATE`: with `M = NSEC_PER_SEC · 2^66 / rate + e`,
+/// `0 ≤ e < 1`, the product is the exact quotient plus `len · e / 2^66`,
+/// less than `1 / rate` as `len · rate < 2^32 · 2^34`; and the exact
+/// quotient's fraction is a multiple of `1 / rate` below 1, so adding
+/// less than `1 / rate` never carries into the whole part.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NsPerByte {
+    pub limbs: [u32; 4],
+}
+
+/// The shift of [`NsPerByte`]'s fixed point.
+const NS_PER_BYTE_SHIFT: u32 = 66;
+
+impl NsPerByte {
+    /// The constant for `rate` bytes/s (above [`MAX_RATE`]: as
+    /// `MAX_RATE`); all zero, which makes every packet free, for 0.
+    #[cfg(not(target_arch = "bpf"))]
+    pub fn new(rate: u64) -> NsPerByte {
+        let rate = rate.min(MAX_RATE);
+        let Some(m) = (u128::from(NSEC_PER_SEC) << NS_PER_BYTE_SHIFT).checked_div(u128::from(rate))
+        else {
+            return NsPerByte::default();
+        };
+        // Rounded up; below 2^96 as NSEC_PER_SEC < 2^30.
+        let m = if m * u128::from(rate) == u128::from(NSEC_PER_SEC) << NS_PER_BYTE_SHIFT {
+            m
+        } else {
+            m + 1
+        };
+        NsPerByte {
+            limbs: [m as u32, (m >> 32) as u32, (m >> 64) as u32, 0],
+        }
+    }
+
+    /// The nanoseconds `len` bytes take at the rate: `transmit_ns(len,
+    /// rate)`, exactly. Each partial product of a 32-bit `len` and a 32-bit
+    /// limb fits 64 bits, and so does each sum below (the middle one is at
+    /// most `(2^32 − 1)^2 + 2^32 − 1`).
+    #[inline(always)]
+    pub fn ns(self, len: u32) -> u64 {
+        let len = u64::from(len);
+        let [m0, m1, m2, _] = self.limbs.map(u64::from);
+        let low = len * m0;
+        let middle = len * m1 + (low >> 32);
+        let high = len * m2 + (middle >> 32);
+        high >> (NS_PER_BYTE_SHIFT - 64)
+    }
+}
+
 /// What the policer does with one packet, expressed as the update it makes to
 /// the direction's `tat`, so the kernel can apply it atomically.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -140,15 +195,14 @@ impl Step {
 /// Decides the fate of a `len`-byte packet arriving at `now`, given the
 /// direction's current `tat` and limit.
 #[inline(always)]
-pub fn police(tat: u64, now: u64, len: u64, limit: &Limit) -> Step {
+pub fn police(tat: u64, now: u64, len: u32, limit: &Limit) -> Step {
     if limit.rate == 0 {
         return Step::Unlimited;
     }
-    let tolerance = transmit_ns(limit.burst, limit.rate);
-    if tat > now.saturating_add(tolerance) {
+    if tat > now.saturating_add(limit.tolerance_ns) {
         return Step::Drop;
     }
-    let cost = transmit_ns(len, limit.rate);
+    let cost = limit.per_byte.ns(len);
     if tat < now {
         Step::Restart(now.saturating_add(cost))
     } else {
@@ -173,22 +227,22 @@ mod tests {
     const MS: u64 = 1_000_000;
 
     fn limit(rate: u64, burst: u64) -> Limit {
-        Limit { rate, burst }
+        Limit::new(rate, burst)
     }
 
     /// Offers `len`-byte packets every `gap` ns for `duration` ns and returns the bytes passed.
-    fn run(lim: &Limit, len: u64, gap: u64, start: u64, duration: u64) -> u64 {
+    fn run(lim: &Limit, len: u32, gap: u64, start: u64, duration: u64) -> u64 {
         run_from(0, lim, len, gap, start, duration)
     }
 
     /// [`run`] from a clock of `tat`.
-    fn run_from(mut tat: u64, lim: &Limit, len: u64, gap: u64, start: u64, duration: u64) -> u64 {
+    fn run_from(mut tat: u64, lim: &Limit, len: u32, gap: u64, start: u64, duration: u64) -> u64 {
         let mut passed = 0;
         let mut now = start;
         while now < start + duration {
             let step = police(tat, now, len, lim);
             if step.passes() {
-                passed += len;
+                passed += u64::from(len);
             }
             tat = apply(tat, step);
             now += gap;
@@ -292,17 +346,79 @@ mod tests {
         assert!(tat > t0 + 2 * NSEC_PER_SEC);
     }
 
+    /// The fast form equals the division form: at every edge of both
+    /// ranges (1 B/s, MAX_RATE, BIG TCP's 512 KiB packets, `u32::MAX`),
+    /// and at a million pseudorandom pairs, half of them with rates near
+    /// a power of two, where rounding `M` up matters most.
+    #[test]
+    fn the_multiply_equals_the_division_over_the_whole_range() {
+        let check = |len: u32, rate: u64| {
+            assert_eq!(
+                NsPerByte::new(rate).ns(len),
+                transmit_ns(u64::from(len), rate),
+                "{len} B at {rate} B/s"
+            );
+        };
+        let lens = [
+            0,
+            1,
+            2,
+            1499,
+            1500,
+            65_535,
+            65_536,
+            512 * 1024,
+            u32::MAX - 1,
+            u32::MAX,
+        ];
+        let powers = (0..=34).flat_map(|bit| {
+            let p = 1u64 << bit;
+            [p - 1, p, p + 1]
+        });
+        let rates = [1, 2, 3, 7, 1000, 1024, 999_999_937, NSEC_PER_SEC]
+            .into_iter()
+            .chain(powers)
+            .chain([MAX_RATE - 1, MAX_RATE, MAX_RATE + 1, u64::MAX]);
+        for rate in rates.filter(|&r| r > 0) {
+            for len in lens {
+                check(len, rate);
+            }
+        }
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for i in 0..1_000_000 {
+            let len = next() as u32 >> (next() % 32);
+            let rate = if i % 2 == 0 {
+                1 + next() % MAX_RATE
+            } else {
+                (1u64 << (next() % 35)).saturating_sub(next() % 3).max(1)
+            };
+            check(len, rate);
+        }
+    }
+
+    #[test]
+    fn no_rate_makes_every_packet_free() {
+        assert_eq!(NsPerByte::new(0).ns(u32::MAX), 0);
+        assert_eq!(Limit::new(0, 0).tolerance_ns, 0);
+    }
+
     #[test]
     fn clock_near_u64_max_saturates() {
         let lim = limit(1, u64::MAX);
-        let step = police(u64::MAX - 5, u64::MAX - 10, u64::MAX, &lim);
+        let step = police(u64::MAX - 5, u64::MAX - 10, u32::MAX, &lim);
         assert_eq!(apply(u64::MAX - 5, step), u64::MAX);
     }
 
     #[test]
     fn unlimited_passes_everything_and_keeps_the_clock() {
         let lim = limit(0, 0);
-        assert_eq!(police(42, 0, u64::MAX, &lim), Step::Unlimited);
+        assert_eq!(police(42, 0, u32::MAX, &lim), Step::Unlimited);
         assert_eq!(apply(42, Step::Unlimited), 42);
     }
 

@@ -4,8 +4,8 @@
 
 use aya_ebpf::programs::SockOpsContext;
 use throttle_common::{
-    DOWN, UP,
-    sockets::{Seen, Tally, active_flows, bulk, counts_in, period_ns, tally_slot},
+    DOWN, Limit, UP,
+    sockets::{Seen, Tally, active_flows, bulk, counts_in, tally_slot},
 };
 
 use crate::{
@@ -28,11 +28,14 @@ pub fn count_if_bulk(ctx: &SockOpsContext, now: u64) {
         conn.counted = 1;
         count_flow(1);
     }
-    let rate = down_rate();
+    let Some(down) = LIMITS.get(DOWN) else {
+        return;
+    };
+    let rate = down.rate;
     if received <= bulk(rate) {
         return;
     }
-    let epoch = now / period_ns(rate);
+    let epoch = epoch(now, down);
     let last = conn.seen;
     if !counts_in(epoch, last, received, rate) {
         if received > last.received {
@@ -80,18 +83,20 @@ pub fn sending() -> u64 {
     FLOWS.get(0).copied().unwrap_or(0)
 }
 
-/// How many download connections are receiving data now, under a
-/// download limit of `rate` (which sets the tally's period).
+/// How many download connections are receiving data now, under the
+/// download limit `down` (whose rate sets the tally's period).
 #[inline(always)]
-pub fn receiving(now: u64, rate: u64) -> u64 {
+pub fn receiving(now: u64, down: &Limit) -> u64 {
     let tally = |slot| TALLIES.get(slot).copied().unwrap_or_default();
-    active_flows(now / period_ns(rate), [tally(0), tally(1)])
+    active_flows(epoch(now, down), [tally(0), tally(1)])
 }
 
-/// The download limit's rate, 0 when unlimited.
+/// The download tallies' period `now` falls in.
 #[inline(always)]
-pub fn down_rate() -> u64 {
-    LIMITS.get(DOWN).map_or(0, |down| down.rate)
+fn epoch(now: u64, down: &Limit) -> u64 {
+    // checked_div leaves no division-by-zero panic path; a map not yet
+    // written has a period of 0.
+    now.checked_div(down.period_ns).unwrap_or(0)
 }
 
 /// The upload limit's rate, 0 when unlimited.

@@ -35,7 +35,8 @@ pub fn admit(ctx: &SkBuffContext, direction: u32) -> bool {
         // broken map from cutting the command off the network.
         return true;
     };
-    let len = u64::from(ctx.len());
+    let packet = ctx.len();
+    let len = u64::from(packet);
     // The IP header's first byte (version, header length), read once for
     // both questions asked of the packet.
     let first = ctx.load::<u8>(0).ok();
@@ -59,12 +60,12 @@ pub fn admit(ctx: &SkBuffContext, direction: u32) -> bool {
     {
         let slot = direction as usize & 1;
         let (flows, sender) = if direction == DOWN {
-            (receiving(now, limit.rate), Sender::Remote)
+            (receiving(now, limit), Sender::Remote)
         } else {
             (sending(), upload_sender(acked(sk), limit.rate))
         };
         let share = share(limit.rate, flows);
-        let verdict = police_fairly(sender, tat, conn.fair[slot], now, len, limit, share);
+        let verdict = police_fairly(sender, tat, conn.fair[slot], now, packet, limit, share);
         conn.fair[slot] = verdict.connection;
         verdict.run
     } else {
@@ -73,7 +74,7 @@ pub fn admit(ctx: &SkBuffContext, direction: u32) -> bool {
         // branch for both, taken before the fair policer, so the verifier
         // checks that policer with the socket's value known to be there,
         // once.
-        police(tat, now, len, limit)
+        police(tat, now, packet, limit)
     };
     match step {
         // Only after an idle gap; a racing CPU's packet may be forgotten,

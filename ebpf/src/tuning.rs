@@ -7,12 +7,11 @@ use throttle_common::{
     DOWN, UP,
     nested::{Tuning, compose},
     networks::{SCOPE_EVERYTHING, limited, mapped_words},
-    policer::transmit_ns,
     sockets::{drained, pacing_rate, receive_window, share, window_gain, window_rtt},
 };
 
 use crate::{
-    flows::{down_rate, receiving, sending},
+    flows::{receiving, sending},
     maps::{CLOCK, LIMITS, NETWORKS, SCOPE, TUNING},
 };
 
@@ -119,12 +118,8 @@ pub fn tune(ctx: &SockOpsContext, now: u64, limited: bool) {
     let keep = u64::from(limited);
     let (down_rate, up_rate) = (down.rate * keep, up.rate * keep);
     let tat = CLOCK.get(DOWN).copied().unwrap_or(0);
-    let tolerance = if down_rate == 0 {
-        0
-    } else {
-        transmit_ns(down.burst, down_rate)
-    };
-    let flows = receiving(now, down.rate);
+    let tolerance = down.tolerance_ns * keep;
+    let flows = receiving(now, down);
     // SAFETY: ctx.ops is the kernel's bpf_sock_ops for this call.
     let (srtt_us, mss) = unsafe { ((*ctx.ops).srtt_us, (*ctx.ops).mss_cache) };
     let window = receive_window(
@@ -154,6 +149,8 @@ pub fn first_share(now: u64, limited: bool) -> u64 {
     if !tuning_on() {
         return 0;
     }
-    let limit = down_rate();
-    share(limit * u64::from(limited), receiving(now, limit) + 1)
+    let Some(down) = LIMITS.get(DOWN) else {
+        return 0;
+    };
+    share(down.rate * u64::from(limited), receiving(now, down) + 1)
 }
