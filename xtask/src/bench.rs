@@ -40,6 +40,10 @@ pub struct Options {
     pub throttle_only: bool,
     /// Only the picture of a 1 MiB/s download.
     pub picture: bool,
+    /// Only what each program costs per run.
+    pub costs: bool,
+    /// An older binary whose programs' costs are measured beside these.
+    pub before: Option<PathBuf>,
     pub throttle: PathBuf,
     pub out: PathBuf,
 }
@@ -117,7 +121,7 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
         nix::unistd::Uid::effective().is_root(),
         "the benchmark creates network namespaces and cgroups: run it as root"
     );
-    check_tools(&["iperf3", "trickle", "curl", "aria2c", "ping"])?;
+    check_tools(&["iperf3", "trickle", "curl", "aria2c", "ping", "bpftool"])?;
     let throttle = options.throttle.clone();
     let mut plan = if options.quick {
         quick_plan()
@@ -148,6 +152,18 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
 
     if options.picture {
         let path = picture(&bench, &options.out)?;
+        eprintln!("wrote {}", path.display());
+        return Ok(());
+    }
+    let mut binaries = vec![("this", throttle.as_path())];
+    if let Some(before) = &options.before {
+        binaries.push(("before", before.as_path()));
+    }
+    if options.costs {
+        let text = crate::costs::section(&lab, &binaries)?;
+        let path = options.out.join("costs.md");
+        fs::write(&path, &text).with_context(|| format!("writing {}", path.display()))?;
+        print!("{text}");
         eprintln!("wrote {}", path.display());
         return Ok(());
     }
@@ -205,7 +221,7 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
         let cases = options.out.join("cases.png");
         plot::cases(&cases, &rows, &contenders)?;
     }
-    let text = report::markdown(
+    let mut text = report::markdown(
         &rows,
         overhead.as_ref(),
         plot_file.as_deref(),
@@ -214,6 +230,9 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
         plan.reps,
         &veth_ping,
     );
+    if !partial && !options.quick {
+        text = format!("{text}\n{}", crate::costs::section(&lab, &binaries)?);
+    }
     let path = options.out.join("report.md");
     fs::write(&path, &text).with_context(|| format!("writing {}", path.display()))?;
     // The full benchmark ends with the round trips users see, measured in
@@ -370,13 +389,13 @@ impl Lab {
     }
 
     /// Where the link's iperf3 server listens.
-    fn iperf(&self, link: Link) -> (Ipv4Addr, u16) {
+    pub(crate) fn iperf(&self, link: Link) -> (Ipv4Addr, u16) {
         let server = self.iperf_server(link).borrow();
         (server.addr, server.port)
     }
 
     /// Replaces the link's iperf3 server with a fresh one.
-    fn restart_iperf(&self, link: Link) -> Result<()> {
+    pub(crate) fn restart_iperf(&self, link: Link) -> Result<()> {
         let netns = (link == Link::Veth).then_some(self.netns.name.as_str());
         let addr = self.iperf(link).0;
         let mut server = self.iperf_server(link).borrow_mut();

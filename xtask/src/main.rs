@@ -10,6 +10,7 @@ mod bench;
 #[allow(dead_code)]
 #[path = "../../src/cli.rs"]
 mod cli;
+mod costs;
 mod demo;
 mod dist;
 #[allow(dead_code)]
@@ -92,6 +93,12 @@ enum Task {
         /// Only the picture of a 1 MiB/s download (curl and aria2c, throttle and trickle), about two minutes
         #[arg(long, conflicts_with_all = ["rtt", "quick", "filter", "throttle_only"])]
         picture: bool,
+        /// Only what each eBPF program costs per run (kernel.bpf_stats_enabled) at 1, 8 and 64 flows each way; writes costs.md
+        #[arg(long, conflicts_with_all = ["rtt", "quick", "filter", "throttle_only", "picture"])]
+        costs: bool,
+        /// An older throttle binary whose programs' costs are measured beside this one's, alternating
+        #[arg(long, value_name = "PATH")]
+        before: Option<PathBuf>,
         /// The round-trip section's own side, inside the guest
         #[arg(long, hide = true)]
         rtt_guest: bool,
@@ -157,6 +164,8 @@ fn main() -> Result<()> {
             rtt_guest,
             no_rtt,
             picture,
+            costs,
+            before,
         } => {
             let out = out.unwrap_or_else(|| root.join("target/bench"));
             let throttle = match throttle {
@@ -189,6 +198,8 @@ fn main() -> Result<()> {
                     filter,
                     throttle_only,
                     picture,
+                    costs,
+                    before,
                     throttle,
                     out,
                 },
