@@ -14,4 +14,5 @@ mod privileges;
 #[path = "../../xtask/src/procfs.rs"]
 mod procfs;
 mod rates;
+mod scale;
 mod security;
