@@ -42,6 +42,8 @@ pub struct Options {
     pub picture: bool,
     /// Only what each program costs per run.
     pub costs: bool,
+    /// Only 10 000 connections in one run and 500 runs at once.
+    pub scale: bool,
     /// An older binary whose programs' costs are measured beside these.
     pub before: Option<PathBuf>,
     pub throttle: PathBuf,
@@ -158,6 +160,14 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
     let mut binaries = vec![("this", throttle.as_path())];
     if let Some(before) = &options.before {
         binaries.push(("before", before.as_path()));
+    }
+    if options.scale {
+        let text = crate::scale::section(&lab, &throttle)?;
+        let path = options.out.join("scale.md");
+        fs::write(&path, &text).with_context(|| format!("writing {}", path.display()))?;
+        print!("{text}");
+        eprintln!("wrote {}", path.display());
+        return Ok(());
     }
     if options.costs {
         let text = crate::costs::section(&lab, &binaries)?;
@@ -360,6 +370,11 @@ impl Drop for Server {
 impl Lab {
     /// The round trip over the veth in milliseconds, as ping measures it
     /// now, or why it could not.
+    /// The lab HTTP server's `http://ADDR:PORT`.
+    pub(crate) fn http_url(&self) -> String {
+        self.http.url.clone()
+    }
+
     pub fn ping(&self) -> Result<f64, String> {
         ping(&self.netns.peer.to_string()).map_err(|e| format!("{e:#}"))
     }
@@ -934,7 +949,10 @@ const LISTED_NETWORKS: usize = 16;
 
 /// Runs `cmd` to its end, or stops it (SIGTERM, then SIGKILL 5 s later)
 /// after `bound`; returns its output and whether it was stopped.
-fn output_within(cmd: &mut Command, bound: Duration) -> Result<(std::process::Output, bool)> {
+pub(crate) fn output_within(
+    cmd: &mut Command,
+    bound: Duration,
+) -> Result<(std::process::Output, bool)> {
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

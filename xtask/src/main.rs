@@ -16,6 +16,7 @@ mod dist;
 #[allow(dead_code)]
 #[path = "../../src/identity.rs"]
 mod identity;
+mod scale;
 // Shared with the integration tests, which use the upload side too.
 #[allow(dead_code)]
 mod netlab;
@@ -96,6 +97,9 @@ enum Task {
         /// Only what each eBPF program costs per run (kernel.bpf_stats_enabled) at 1, 8 and 64 flows each way; writes costs.md
         #[arg(long, conflicts_with_all = ["rtt", "quick", "filter", "throttle_only", "picture"])]
         costs: bool,
+        /// Only 10 000 connections in one run and 500 runs at once, against their bars; writes scale.md (about 3 minutes)
+        #[arg(long, conflicts_with_all = ["rtt", "quick", "filter", "throttle_only", "picture", "costs"])]
+        scale: bool,
         /// An older throttle binary whose programs' costs are measured beside this one's, alternating
         #[arg(long, value_name = "PATH")]
         before: Option<PathBuf>,
@@ -165,6 +169,7 @@ fn main() -> Result<()> {
             no_rtt,
             picture,
             costs,
+            scale,
             before,
         } => {
             let out = out.unwrap_or_else(|| root.join("target/bench"));
@@ -199,6 +204,7 @@ fn main() -> Result<()> {
                     throttle_only,
                     picture,
                     costs,
+                    scale,
                     before,
                     throttle,
                     out,
