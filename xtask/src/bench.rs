@@ -161,17 +161,16 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
     if let Some(before) = &options.before {
         binaries.push(("before", before.as_path()));
     }
-    if options.scale {
-        let text = crate::scale::section(&lab, &throttle)?;
-        let path = options.out.join("scale.md");
-        fs::write(&path, &text).with_context(|| format!("writing {}", path.display()))?;
-        print!("{text}");
-        eprintln!("wrote {}", path.display());
-        return Ok(());
-    }
-    if options.costs {
-        let text = crate::costs::section(&lab, &binaries)?;
-        let path = options.out.join("costs.md");
+    // A section measured alone is its own report.
+    let alone = if options.scale {
+        Some((crate::scale::section(&lab, &throttle)?, "scale.md"))
+    } else if options.costs {
+        Some((crate::costs::section(&lab, &binaries)?, "costs.md"))
+    } else {
+        None
+    };
+    if let Some((text, file)) = alone {
+        let path = options.out.join(file);
         fs::write(&path, &text).with_context(|| format!("writing {}", path.display()))?;
         print!("{text}");
         eprintln!("wrote {}", path.display());
