@@ -577,21 +577,23 @@ pub fn list(as_json: bool) -> Outcome<()> {
     let started = Instant::now();
     thread::sleep(SAMPLE);
     let deadline = Instant::now() + LIST_TIMEOUT / 2;
-    let mut sampled: Vec<_> = runs.iter().zip(first).collect();
-    let second = each(&mut sampled, |(_, first)| match first {
-        Ok((connection, _, _)) => {
-            connection.until(deadline);
-            Some(connection.stats())
+    let mut unreadable_rows = Vec::new();
+    let mut sampled = Vec::new();
+    for (run, first) in runs.iter().zip(first) {
+        match first {
+            Ok(first) => sampled.push((run, first)),
+            Err(failure) => unreadable_rows.extend(unreadable(run, failure)),
         }
-        Err(_) => None,
+    }
+    let second = each(&mut sampled, |(_, (connection, _, _))| {
+        connection.until(deadline);
+        connection.stats()
     });
     let over = started.elapsed();
     let mut rows = Vec::new();
-    let mut unreadable_rows = Vec::new();
-    for ((run, first), second) in sampled.into_iter().zip(second) {
-        let sample = first.and_then(|(_, info, first)| Ok((info, first, second.transpose()?)));
-        match sample {
-            Ok((info, first, Some(second))) => {
+    for ((run, (_, info, first)), second) in sampled.into_iter().zip(second) {
+        match second {
+            Ok(second) => {
                 let rate = rates(&first, &second, over);
                 rows.push(Row::Live {
                     name: info.name,
@@ -603,7 +605,6 @@ pub fn list(as_json: bool) -> Outcome<()> {
                     counters: second.counters,
                 });
             }
-            Ok((_, _, None)) => {}
             Err(failure) => unreadable_rows.extend(unreadable(run, failure)),
         }
     }

@@ -75,12 +75,7 @@ fn kernel() -> Result<String> {
     let release = fs::read_to_string("/proc/sys/kernel/osrelease")
         .context("reading /proc/sys/kernel/osrelease")?;
     let release = release.trim();
-    if privileges::kernel_version() < (5, 10) {
-        bail!(
-            "Linux {release} is too old: throttle needs 5.10 or later (cgroup bpf_link, and \
-             socket-local storage from sock_ops)"
-        );
-    }
+    privileges::check_kernel()?;
     Ok(format!("Linux {release}"))
 }
 

@@ -12,11 +12,12 @@ pub struct Requirement {
     pub why: &'static str,
 }
 
-/// What Linux 5.8 and later need: CAP_BPF and CAP_PERFMON split from
-/// CAP_SYS_ADMIN there. Without CAP_PERFMON the verifier refuses the
-/// programs (EACCES): they read kernel memory through pointers, which it
-/// allows only to "perfmon-capable" loaders.
-const SINCE_5_8: [Requirement; 3] = [
+/// What a run needs (on Linux 5.8 and later, where CAP_BPF and CAP_PERFMON
+/// split from CAP_SYS_ADMIN; throttle needs 5.10, see [`check_kernel`]).
+/// Without CAP_PERFMON the verifier refuses the programs (EACCES): they
+/// read kernel memory through pointers, which it allows only to
+/// "perfmon-capable" loaders.
+const REQUIRED: [Requirement; 3] = [
     Requirement {
         cap: Capability::CAP_BPF,
         why: "to load eBPF programs and create their maps",
@@ -31,26 +32,28 @@ const SINCE_5_8: [Requirement; 3] = [
     },
 ];
 
-/// Linux 5.7, the oldest with cgroup bpf_link, has no CAP_BPF or
-/// CAP_PERFMON: loading takes CAP_SYS_ADMIN.
-const BEFORE_5_8: [Requirement; 2] = [
-    Requirement {
-        cap: Capability::CAP_SYS_ADMIN,
-        why: "to load eBPF programs on Linux before 5.8",
-    },
-    Requirement {
-        cap: Capability::CAP_NET_ADMIN,
-        why: "to attach programs to the run's cgroup and query them",
-    },
-];
-
-/// The capabilities this kernel needs for a run.
+/// The capabilities a run needs.
 pub fn required() -> &'static [Requirement] {
-    if kernel_version() < (5, 8) {
-        &BEFORE_5_8
-    } else {
-        &SINCE_5_8
+    &REQUIRED
+}
+
+/// The oldest kernel throttle runs on.
+const OLDEST_KERNEL: (u32, u32) = (5, 10);
+
+/// Fails on a kernel older than [`OLDEST_KERNEL`], naming it, before any
+/// program is loaded: such a kernel would refuse them with a verifier log.
+pub fn check_kernel() -> Result<()> {
+    if kernel_version() < OLDEST_KERNEL {
+        let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        bail!(
+            "Linux {} is too old: throttle needs {}.{} or later (cgroup bpf_link, and \
+             socket-local storage from sock_ops)",
+            release.trim(),
+            OLDEST_KERNEL.0,
+            OLDEST_KERNEL.1
+        );
     }
+    Ok(())
 }
 
 /// The running kernel's (major, minor); (0, 0) if unreadable. Read once:
@@ -132,21 +135,16 @@ pub fn check() -> Result<()> {
 
 /// What the wrapper keeps once the command runs, to serve `throttle set`
 /// and `stats` and to take the run down: CAP_BPF for the maps (before
-/// Linux 6.5, with unprivileged eBPF disabled, every bpf() call needs it;
-/// CAP_SYS_ADMIN before 5.8), CAP_NET_ADMIN to query the cgroup's programs
+/// Linux 6.5, with unprivileged eBPF disabled, every bpf() call needs it),
+/// CAP_NET_ADMIN to query the cgroup's programs
 /// at the end; as root, CAP_KILL for signals to a command that is another
 /// user (`--user`, or a setuid program) and CAP_DAC_OVERRIDE to remove the
 /// cgroup from a parent delegated to the caller. CAP_PERFMON, CAP_SETUID,
-/// CAP_SETGID, CAP_CHOWN, CAP_SYS_ADMIN (on 5.8+) and the rest go: a flaw
+/// CAP_SETGID, CAP_CHOWN, CAP_SYS_ADMIN and the rest go: a flaw
 /// in the threads that parse what clients send cannot use them.
 pub fn kept_after_start() -> Vec<Capability> {
-    let bpf = if kernel_version() < (5, 8) {
-        Capability::CAP_SYS_ADMIN
-    } else {
-        Capability::CAP_BPF
-    };
     vec![
-        bpf,
+        Capability::CAP_BPF,
         Capability::CAP_NET_ADMIN,
         Capability::CAP_KILL,
         Capability::CAP_DAC_OVERRIDE,
@@ -195,9 +193,7 @@ mod tests {
             assert!(names.contains(&cap), "{names}");
             assert!(fix.contains(&cap.to_lowercase()), "{fix}");
         }
-        if kernel_version() >= (5, 8) {
-            assert_eq!(names, "CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN");
-            assert!(!fix.contains("sys_admin"), "{fix}");
-        }
+        assert_eq!(names, "CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN");
+        assert!(!fix.contains("sys_admin"), "{fix}");
     }
 }

@@ -89,6 +89,7 @@ impl Plan {
             )
             .into());
         }
+        privileges::check_kernel()?;
         privileges::check()?;
         let mount = cgroup::find_mount()?;
         let own = cgroup::own_cgroup(&mount)?;
