@@ -123,7 +123,9 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
         nix::unistd::Uid::effective().is_root(),
         "the benchmark creates network namespaces and cgroups: run it as root"
     );
-    check_tools(&["iperf3", "trickle", "curl", "aria2c", "ping", "bpftool"])?;
+    check_tools(&[
+        "iperf3", "trickle", "curl", "aria2c", "ping", "bpftool", "strace",
+    ])?;
     let throttle = options.throttle.clone();
     let mut plan = if options.quick {
         quick_plan()
@@ -165,7 +167,9 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
     let alone = if options.scale {
         Some((crate::scale::section(&lab, &throttle)?, "scale.md"))
     } else if options.costs {
-        Some((crate::costs::section(&lab, &binaries)?, "costs.md"))
+        let costs = crate::costs::section(&lab, &binaries)?;
+        let startup = crate::startup::section(&throttle)?;
+        Some((format!("{costs}\n{startup}"), "costs.md"))
     } else {
         None
     };
@@ -240,7 +244,9 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
         &veth_ping,
     );
     if !partial && !options.quick {
-        text = format!("{text}\n{}", crate::costs::section(&lab, &binaries)?);
+        let costs = crate::costs::section(&lab, &binaries)?;
+        let startup = crate::startup::section(&throttle)?;
+        text = format!("{text}\n{costs}\n{startup}");
     }
     let path = options.out.join("report.md");
     fs::write(&path, &text).with_context(|| format!("writing {}", path.display()))?;

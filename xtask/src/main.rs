@@ -25,6 +25,7 @@ mod procfs;
 mod report;
 mod rtt;
 mod soak;
+mod startup;
 mod system_vm;
 mod vm;
 
