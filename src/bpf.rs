@@ -22,7 +22,7 @@ use aya::{
         lpm_trie::{Key, LpmTrie},
     },
     programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError, SockOps,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, Program, ProgramError, SockOps,
         cgroup_skb::CgroupSkbLinkId, sock_ops::SockOpsLinkId,
     },
 };
@@ -126,13 +126,53 @@ impl Programs {
         if !limits.scope.is_empty() {
             programs.set_scope(&limits.scope)?;
         }
-        for hook in Hook::ALL {
-            programs.attach_one(hook, cgroup_dir)?;
+        let ids = programs.load_all()?;
+        for (hook, prog_id) in Hook::ALL.into_iter().zip(ids) {
+            programs.attach_one(hook, prog_id, cgroup_dir)?;
         }
         Ok(programs)
     }
 
-    fn attach_one(&mut self, hook: Hook, cgroup_dir: BorrowedFd<'_>) -> Result<()> {
+    /// Loads the programs, each on its own thread, and returns their ids in
+    /// the order of [`Hook::ALL`]. Verification is most of a run's start-up
+    /// and the kernel verifies privileged loads side by side, so the
+    /// start-up waits for the slowest program rather than for all three.
+    fn load_all(&mut self) -> Result<Vec<u32>> {
+        let mut loaded = std::thread::scope(|scope| {
+            let loads = self
+                .ebpf
+                .programs_mut()
+                .map(|(name, program)| {
+                    std::thread::Builder::new()
+                        .name("load".into())
+                        .spawn_scoped(scope, move || load(name, program).map(|id| (name, id)))
+                        .with_context(|| format!("starting a thread to load {name}"))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            loads
+                .into_iter()
+                .map(|load| {
+                    let (name, id) = load
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+                    Ok((name.to_owned(), id))
+                })
+                .collect::<Result<Vec<_>>>()
+        })?;
+        Hook::ALL
+            .iter()
+            .map(|hook| {
+                let name = hook.program();
+                let at = loaded
+                    .iter()
+                    .position(|(loaded, _)| loaded == name)
+                    .with_context(|| format!("the eBPF object has no program {name}"))?;
+                Ok(loaded.swap_remove(at).1)
+            })
+            .collect()
+    }
+
+    fn attach_one(&mut self, hook: Hook, prog_id: u32, cgroup_dir: BorrowedFd<'_>) -> Result<()> {
         let name = hook.program();
         let program = self
             .ebpf
@@ -141,39 +181,22 @@ impl Programs {
         // The default mode: a cgroup bpf_link already coexists with other
         // programs, and AllowMultiple is refused with EINVAL on some kernels.
         let mode = CgroupAttachMode::default();
-        let (prog_id, link) = match hook {
+        let link = match hook {
             Hook::Ingress | Hook::Egress => {
-                let program: &mut CgroupSkb = program.try_into()?;
-                program.load().map_err(explain_load).with_context(|| {
-                    format!("the kernel refused to load the cgroup_skb program {name}")
-                })?;
-                let id = program
-                    .info()
-                    .context("reading the loaded program's id")?
-                    .id();
                 let attach_type = if hook == Hook::Ingress {
                     CgroupSkbAttachType::Ingress
                 } else {
                     CgroupSkbAttachType::Egress
                 };
-                let link = program
+                <&mut CgroupSkb>::try_from(program)?
                     .attach(cgroup_dir, attach_type, mode)
-                    .map_err(|e| anyhow!(e));
-                (id, link.map(LinkId::Skb))
+                    .map(LinkId::Skb)
             }
-            Hook::Tuning => {
-                let program: &mut SockOps = program.try_into()?;
-                program.load().map_err(explain_load).with_context(|| {
-                    format!("the kernel refused to load the sock_ops program {name}")
-                })?;
-                let id = program
-                    .info()
-                    .context("reading the loaded program's id")?
-                    .id();
-                let link = program.attach(cgroup_dir, mode).map_err(|e| anyhow!(e));
-                (id, link.map(LinkId::SockOps))
-            }
-        };
+            Hook::Tuning => <&mut SockOps>::try_from(program)?
+                .attach(cgroup_dir, mode)
+                .map(LinkId::SockOps),
+        }
+        .map_err(|e| anyhow!(e));
         let link = link.with_context(|| {
             format!(
                 "could not attach {name} to {} (throttle needs Linux 5.10+ and {})",
@@ -342,6 +365,27 @@ impl Maps for Programs {
     fn set_scope(&mut self, scope: &Scope) -> Result<()> {
         Programs::set_scope(self, scope)
     }
+}
+
+/// Loads one program of the object (the kernel verifies it) and returns
+/// the id the kernel gave it.
+fn load(name: &str, program: &mut Program) -> Result<u32> {
+    let info = match program {
+        Program::CgroupSkb(program) => {
+            program.load().map_err(explain_load).with_context(|| {
+                format!("the kernel refused to load the cgroup_skb program {name}")
+            })?;
+            program.info()
+        }
+        Program::SockOps(program) => {
+            program.load().map_err(explain_load).with_context(|| {
+                format!("the kernel refused to load the sock_ops program {name}")
+            })?;
+            program.info()
+        }
+        _ => bail!("the eBPF object's program {name} is of a type throttle does not attach"),
+    };
+    Ok(info.context("reading the loaded program's id")?.id())
 }
 
 /// Keeps the verifier's verdict but only its last lines: the full log is
