@@ -127,8 +127,8 @@ pub struct Limit {
     pub rate: u64,
     /// Bucket depth in bytes: how far ahead of the rate a burst may run.
     pub burst: u64,
-    /// What the kernel would otherwise divide for on every packet,
-    /// precomputed by [`Limit::new`] on every `set`.
+    // The three fields below are what the kernel would otherwise divide
+    // for on every packet, precomputed by `Limit::new` on every `set`.
     /// [`transmit_ns`](policer::transmit_ns)`(burst, rate)`: how far the
     /// clock may run ahead of now.
     pub tolerance_ns: u64,

@@ -71,11 +71,7 @@ pub fn primed_tat(now: u64, limit: &Limit, credit: u64) -> u64 {
     if limit.rate == 0 {
         return now;
     }
-    credited_tat(
-        now,
-        transmit_ns(limit.burst, limit.rate),
-        transmit_ns(credit, limit.rate),
-    )
+    credited_tat(now, limit.tolerance_ns, transmit_ns(credit, limit.rate))
 }
 
 /// [`primed_tat`] in time: the clock of a bucket whose burst tolerance is

@@ -11,6 +11,7 @@ use std::{
 use serde_json::Value;
 
 use crate::harness::{self, Netns, assert_clean, output_within, throttle, wait_with_timeout};
+use crate::netlab::jain;
 use crate::rates::tempfile_path::TempFile;
 
 const RUNS: usize = 50;
@@ -124,13 +125,6 @@ fn fifty_runs_at_once_each_hold_their_own_limit() {
 const MANY: &str = include_str!("../../scripts/many_connections.py");
 const CONNECTIONS: usize = 2000;
 
-/// Jain's fairness index of `xs`: 1 when all are equal, 1/n when one has it all.
-fn jain(xs: &[f64]) -> f64 {
-    let sum: f64 = xs.iter().sum();
-    let squares: f64 = xs.iter().map(|x| x * x).sum();
-    sum * sum / (xs.len() as f64 * squares)
-}
-
 #[test]
 fn two_thousand_connections_share_one_run() {
     let Some(_serial) = harness::start("two_thousand_connections_share_one_run") else {
@@ -183,7 +177,7 @@ fn two_thousand_connections_share_one_run() {
         })
         .collect();
     let aggregate = window.iter().sum::<f64>() / WINDOW / RATE as f64;
-    let fairness = jain(&window);
+    let fairness = jain(&window).unwrap_or(0.0);
     eprintln!(
         "{CONNECTIONS} connections at --down 16M: {aggregate:.3} of the limit, Jain's index {fairness:.3}, {} without bytes within 10 s",
         late.len()

@@ -688,7 +688,7 @@ impl Bench<'_> {
             retransmitted_bytes: cost.retransmitted_bytes,
             per_second,
             cpu: cost.cpu,
-            fairness: report::jain(&per_flow),
+            fairness: crate::netlab::jain(&per_flow),
         })
     }
 

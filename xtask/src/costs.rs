@@ -14,7 +14,6 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use serde_json::Value;
 
 use crate::{
     bench::{Lab, MIB},
@@ -51,15 +50,8 @@ impl Drop for StatsOn {
 
 /// The ids and statistics of the loaded programs named as throttle's.
 fn programs() -> Result<Vec<(u64, String, u64, u64)>> {
-    let output = Command::new("bpftool")
-        .args(["prog", "show", "--json"])
-        .output()
-        .context("running bpftool prog show")?;
-    let json: Value = serde_json::from_slice(&output.stdout).context("bpftool's JSON")?;
-    Ok(json
-        .as_array()
-        .into_iter()
-        .flatten()
+    Ok(crate::bpftool::show("prog")?
+        .iter()
         .filter_map(|p| {
             let name = p["name"].as_str()?;
             PROGRAMS.contains(&name).then(|| {

@@ -7,6 +7,7 @@
 
 // Only the definition is used here, not the parsed values.
 mod bench;
+mod bpftool;
 #[allow(dead_code)]
 #[path = "../../src/cli.rs"]
 mod cli;

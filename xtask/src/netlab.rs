@@ -661,20 +661,56 @@ impl Stopper {
 
 /// Waits for `child`, killing it (and failing the test) if it outlives `timeout`.
 pub fn wait_with_timeout(mut child: Child, timeout: Duration) -> Output {
-    let deadline = Instant::now() + timeout;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("a command ran longer than {timeout:?}");
-        }
-        thread::sleep(Duration::from_millis(20));
+    if wait_bounded(&mut child, timeout, Duration::from_millis(20))
+        .unwrap()
+        .is_none()
+    {
+        panic!("a command ran longer than {timeout:?}");
     }
     child.wait_with_output().unwrap()
+}
+
+/// Waits for `child`, asking every `poll`, for at most `bound`; past it,
+/// kills and reaps it and returns None. A load loop's children end this
+/// way, so none outlives its caller's bound.
+pub fn wait_bounded(
+    child: &mut Child,
+    bound: Duration,
+    poll: Duration,
+) -> std::io::Result<Option<std::process::ExitStatus>> {
+    let deadline = Instant::now() + bound;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(None);
+        }
+        thread::sleep(poll);
+    }
+}
+
+/// Jain's fairness index of `amounts`, (Σx)² / (n·Σx²): 1 when all are
+/// equal, 1/n when one has it all; None for fewer than two or all zero.
+pub fn jain(amounts: &[f64]) -> Option<f64> {
+    let sum: f64 = amounts.iter().sum();
+    let squares: f64 = amounts.iter().map(|x| x * x).sum();
+    (amounts.len() > 1 && squares > 0.0).then(|| sum * sum / (amounts.len() as f64 * squares))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn jain_index_is_one_for_equal_flows_and_one_over_n_for_a_monopoly() {
+        assert_eq!(jain(&[3.0, 3.0, 3.0, 3.0]), Some(1.0));
+        assert_eq!(jain(&[8.0, 0.0, 0.0, 0.0]), Some(0.25));
+        assert_eq!(jain(&[5.0]), None);
+        assert_eq!(jain(&[0.0, 0.0]), None);
+    }
 
     #[test]
     fn per_step_rates_divide_by_the_step() {

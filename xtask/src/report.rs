@@ -143,13 +143,6 @@ pub struct Measurement {
     pub fairness: Option<f64>,
 }
 
-/// Jain's fairness index of `amounts`: (Σx)² / (n·Σx²).
-pub fn jain(amounts: &[f64]) -> Option<f64> {
-    let sum: f64 = amounts.iter().sum();
-    let squares: f64 = amounts.iter().map(|x| x * x).sum();
-    (amounts.len() > 1 && squares > 0.0).then(|| sum * sum / (amounts.len() as f64 * squares))
-}
-
 impl Measurement {
     /// Wasted bytes over delivered bytes. A segment dropped on ingress is
     /// retransmitted, so drops and retransmissions count the same loss
@@ -625,14 +618,6 @@ mod tests {
             cpu: 0.0,
             fairness: None,
         }
-    }
-
-    #[test]
-    fn jain_index_is_one_for_equal_flows_and_one_over_n_for_a_monopoly() {
-        assert_eq!(jain(&[3.0, 3.0, 3.0, 3.0]), Some(1.0));
-        assert_eq!(jain(&[8.0, 0.0, 0.0, 0.0]), Some(0.25));
-        assert_eq!(jain(&[5.0]), None);
-        assert_eq!(jain(&[0.0, 0.0]), None);
     }
 
     #[test]

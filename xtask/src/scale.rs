@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use crate::{
     bench::{Lab, MIB, output_within},
-    report::jain,
+    netlab::{jain, wait_bounded},
 };
 
 const CLIENT: &str = include_str!("../../scripts/many_connections.py");
@@ -41,15 +41,8 @@ const RUN_CREDIT: u64 = 16 * 1024;
 /// Ids of the BPF objects of `kind` ("prog" or "map") loaded now, with
 /// each one's name and locked memory.
 fn objects(kind: &str) -> Result<Vec<(u64, String, u64)>> {
-    let output = Command::new("bpftool")
-        .args([kind, "show", "--json"])
-        .output()
-        .with_context(|| format!("running bpftool {kind} show"))?;
-    let json: Value = serde_json::from_slice(&output.stdout).context("bpftool's JSON")?;
-    Ok(json
-        .as_array()
-        .into_iter()
-        .flatten()
+    Ok(crate::bpftool::show(kind)?
+        .iter()
         .map(|o| {
             (
                 o["id"].as_u64().unwrap_or(0),
@@ -288,18 +281,11 @@ fn runs(lab: &Lab, throttle: &Path, rows: &mut Vec<Row>) -> Result<()> {
     let mut ratios = Vec::new();
     let mut failed = 0;
     for mut child in children {
-        let bound = Instant::now() + Duration::from_secs(4 * RUN_SECS + 60);
-        let status = loop {
-            if let Some(status) = child.try_wait()? {
-                break Some(status);
-            }
-            if Instant::now() > bound {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            thread::sleep(Duration::from_millis(50));
-        };
+        let status = wait_bounded(
+            &mut child,
+            Duration::from_secs(4 * RUN_SECS + 60),
+            Duration::from_millis(50),
+        )?;
         let mut text = String::new();
         if let Some(mut stdout) = child.stdout.take() {
             let _ = std::io::Read::read_to_string(&mut stdout, &mut text);

@@ -23,7 +23,7 @@ use nix::{
 };
 
 use crate::{
-    netlab::{MIB, Netns},
+    netlab::{self, MIB, Netns},
     procfs::{self, alive},
 };
 
@@ -566,18 +566,11 @@ fn hostile_client(kind: usize, socket: &Path, until: Instant) {
 }
 
 fn wait_limited(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return None;
-        }
-        thread::sleep(Duration::from_millis(2));
-    }
+    netlab::wait_bounded(child, limit, Duration::from_millis(2)).unwrap_or_else(|_| {
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    })
 }
 
 /// The watchdog of `wrapper`, waiting up to 2 s for it to be forked.
