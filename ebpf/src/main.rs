@@ -39,7 +39,7 @@ use throttle_common::{DOWN, UP, nested, sockets::initial_window};
 use crate::{
     flows::{count_if_bulk, uncount},
     police::admit,
-    tuning::{first_share, reply, set_reply, socket_limited, tune},
+    tuning::{first_share, reply, set_reply, socket_limited, tune, tuning_on},
 };
 
 const DROP: i32 = 0;
@@ -74,9 +74,15 @@ pub fn throttle_tuning(ctx: SockOpsContext) -> u32 {
     let established =
         op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB || op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB;
     let opening = op == BPF_SOCK_OPS_RWND_INIT;
+    let segment = op == BPF_SOCK_OPS_HDR_OPT_LEN_CB;
+    if segment && !tuning_on() {
+        // Before the first limit a segment has nothing to count or tune:
+        // a run without one pays only this per segment.
+        return 1;
+    }
     // One path for all three events, so the verifier (whose time is most of
     // a run's start-up) checks the lookup once, not three times.
-    if established || op == BPF_SOCK_OPS_HDR_OPT_LEN_CB || opening {
+    if established || segment || opening {
         // SAFETY: the helper has no preconditions.
         let now = unsafe { bpf_ktime_get_ns() };
         // Checked per segment, so a `throttle set` of the lists reaches

@@ -37,25 +37,28 @@ pub fn admit(ctx: &SkBuffContext, direction: u32) -> bool {
     };
     let packet = ctx.len();
     let len = u64::from(packet);
-    // The IP header's first byte (version, header length), read once for
-    // both questions asked of the packet.
-    let first = ctx.load::<u8>(0).ok();
-    if !peer_limited(ctx, direction, first) {
+    if !peer_limited(ctx, direction) {
         if let Some(excluded) = EXCLUDED.get_ptr_mut(direction) {
             // SAFETY: points into this CPU's map value.
             unsafe { count(excluded, direction, len, true) };
         }
         return true;
     }
-    let exempt = is_tcp_control(ctx, first);
+    if limit.rate == 0 {
+        // No limit in this direction (a run started without one, to be
+        // `set` later): nothing to police, so nothing more is read.
+        // SAFETY: points into this CPU's map value.
+        unsafe { count(counters, direction, len, true) };
+        return true;
+    }
+    let exempt = is_tcp_control(ctx);
     // SAFETY: the helper has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: `clock` points into a map value, which outlives the program.
     let tat = unsafe { core::ptr::read_volatile(clock) };
     let step = if exempt {
         Step::Unlimited
-    } else if limit.rate != 0
-        && let sk = socket_of(ctx)
+    } else if let sk = socket_of(ctx)
         && let Some(conn) = conn_of_packet(sk)
     {
         let slot = direction as usize & 1;
@@ -69,11 +72,10 @@ pub fn admit(ctx: &SkBuffContext, direction: u32) -> bool {
         conn.fair[slot] = verdict.connection;
         verdict.run
     } else {
-        // No limit, or a packet without a full socket to keep a clock in
-        // (the kernel could not store one): the run's bucket alone. One
-        // branch for both, taken before the fair policer, so the verifier
-        // checks that policer with the socket's value known to be there,
-        // once.
+        // A packet without a full socket to keep a clock in (the kernel
+        // could not store one): the run's bucket alone. Taken before the
+        // fair policer, so the verifier checks that policer with the
+        // socket's value known to be there, once.
         police(tat, now, packet, limit)
     };
     match step {
@@ -111,12 +113,12 @@ fn acked(sk: *mut bpf_sock) -> Option<u64> {
 /// Whether the lists leave the packet's peer (its source on the way in,
 /// its destination on the way out) limited. Anything unreadable is limited.
 #[inline(always)]
-fn peer_limited(ctx: &SkBuffContext, direction: u32, first: Option<u8>) -> bool {
+fn peer_limited(ctx: &SkBuffContext, direction: u32) -> bool {
     let scope = SCOPE.get(0).copied().unwrap_or(SCOPE_EVERYTHING);
     if scope == SCOPE_EVERYTHING {
         return true;
     }
-    let Some(first) = first else {
+    let Ok(first) = ctx.load::<u8>(0) else {
         return true;
     };
     let peer = match first >> 4 {
@@ -142,8 +144,8 @@ fn peer_limited(ctx: &SkBuffContext, direction: u32, first: Option<u8>) -> bool 
 /// Whether the packet is a TCP segment without payload (see
 /// `throttle_common::packet`). Anything unreadable is policed as data.
 #[inline(always)]
-fn is_tcp_control(ctx: &SkBuffContext, first: Option<u8>) -> bool {
-    let Some(first) = first else {
+fn is_tcp_control(ctx: &SkBuffContext) -> bool {
+    let Ok(first) = ctx.load::<u8>(0) else {
         return false;
     };
     let Some(layout) = layout(first) else {

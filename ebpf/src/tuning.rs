@@ -26,7 +26,7 @@ const AF_INET6: u32 = 10;
 /// Whether the run has limits to tune for (userspace turns it on with the
 /// first limit).
 #[inline(always)]
-fn tuning_on() -> bool {
+pub fn tuning_on() -> bool {
     TUNING.get(0).copied().unwrap_or(0) != 0
 }
 

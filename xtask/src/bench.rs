@@ -44,6 +44,8 @@ pub struct Options {
     pub costs: bool,
     /// Only 10 000 connections in one run and 500 runs at once.
     pub scale: bool,
+    /// Only the overhead of programs attached without a limit.
+    pub overhead: bool,
     /// An older binary whose programs' costs are measured beside these.
     pub before: Option<PathBuf>,
     pub throttle: PathBuf,
@@ -166,6 +168,8 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
     // A section measured alone is its own report.
     let alone = if options.scale {
         Some((crate::scale::section(&lab, &throttle)?, "scale.md"))
+    } else if options.overhead {
+        Some((bench.overhead()?.markdown(), "overhead.md"))
     } else if options.costs {
         let costs = crate::costs::section(&lab, &binaries)?;
         let startup = crate::startup::section(&throttle)?;
@@ -863,7 +867,7 @@ impl Bench<'_> {
                 listed: report::median(&listed),
             });
         }
-        let runs = 20;
+        let runs = 30;
         let time = |cmd: &mut Command| -> Result<f64> {
             let mut times = Vec::new();
             for _ in 0..runs {
@@ -875,7 +879,7 @@ impl Bench<'_> {
             Ok(report::median(&times))
         };
         let bare = time(&mut Command::new("true"))?;
-        let wrapped = time(Command::new(self.throttle).args(["--", "true"]))?;
+        let wrapped = time(Command::new(self.throttle).args(["--down", "1M", "--", "true"]))?;
         Ok(report::Overhead {
             throughput,
             true_bare: bare,

@@ -1,6 +1,7 @@
 //! `cargo xtask bench --costs`: what each of throttle's programs costs per
 //! run, from the kernel's own statistics (`kernel.bpf_stats_enabled`), at
-//! 1, 8 and 64 iperf3 flows each way over the lab's veth; with `--before
+//! 1, 8 and 64 iperf3 flows each way over the lab's veth, and at one flow
+//! with no limit (what a run started without one pays); with `--before
 //! PATH`, an older binary measured the same way, alternating with this one.
 
 use std::{
@@ -10,13 +11,14 @@ use std::{
     path::Path,
     process::{Command, Stdio},
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context, Result, bail};
 
 use crate::{
     bench::{Lab, MIB},
+    netlab::wait_bounded,
     report::{Dir, Link},
 };
 
@@ -67,15 +69,25 @@ fn programs() -> Result<Vec<(u64, String, u64, u64)>> {
 }
 
 /// Nanoseconds per run of each program of one throttle run of `flows`
-/// iperf3 flows in `dir`, read near its end; programs loaded before it
-/// started (anyone else's runs) are left out.
-fn measure(lab: &Lab, throttle: &Path, dir: Dir, flows: u32) -> Result<BTreeMap<String, f64>> {
+/// iperf3 flows in `dir`, under [`LIMIT`] each way or, if not `limited`,
+/// under no limit, read near its end; programs loaded before it started
+/// (anyone else's runs) are left out.
+fn measure(
+    lab: &Lab,
+    throttle: &Path,
+    dir: Dir,
+    flows: u32,
+    limited: bool,
+) -> Result<BTreeMap<String, f64>> {
     lab.restart_iperf(Link::Veth)?;
     let (addr, port) = lab.iperf(Link::Veth);
     let before = programs()?.iter().map(|p| p.0).max().unwrap_or(0);
     let rate = LIMIT.to_string();
     let mut cmd = Command::new(throttle);
-    cmd.args(["--down", &rate, "--up", &rate, "--", "iperf3", "-c"])
+    if limited {
+        cmd.args(["--down", &rate, "--up", &rate]);
+    }
+    cmd.args(["--", "iperf3", "-c"])
         .arg(addr.to_string())
         .args(["-p", &port.to_string(), "-t", &SECS.to_string()])
         .args(["-P", &flows.to_string()])
@@ -87,14 +99,13 @@ fn measure(lab: &Lab, throttle: &Path, dir: Dir, flows: u32) -> Result<BTreeMap<
     let mut child = cmd.spawn().context("starting throttle")?;
     thread::sleep(Duration::from_secs(SECS - 1));
     let stats = programs();
-    let deadline = Instant::now() + Duration::from_secs(SECS + 30);
-    while child.try_wait()?.is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("throttle with {flows} flows still running, stopped");
-        }
-        thread::sleep(Duration::from_millis(100));
+    let ended = wait_bounded(
+        &mut child,
+        Duration::from_secs(SECS + 30),
+        Duration::from_millis(100),
+    )?;
+    if ended.is_none() {
+        bail!("throttle with {flows} flows still running, stopped");
     }
     let costs: BTreeMap<String, f64> = stats?
         .into_iter()
@@ -128,17 +139,18 @@ pub fn section(lab: &Lab, binaries: &[(&str, &Path)]) -> Result<String> {
          Nanoseconds per program run, from the kernel's statistics \
          (`kernel.bpf_stats_enabled=1`, which itself adds a little to each), \
          read near the end of a 4 s iperf3 run over veth under `--down 128M \
-         --up 128M`, the median of three; binaries alternate.\n\n\
+         --up 128M` (\"no limit\": under none, as a run started without one \
+         to be `set` later), the median of three; binaries alternate.\n\n\
          | traffic | binary | throttle_down | throttle_up | throttle_tuning |\n\
          |---|---|---|---|---|\n",
     );
     for dir in [Dir::Down, Dir::Up] {
-        for flows in FLOWS {
+        for (flows, limited) in FLOWS.map(|f| (f, true)).into_iter().chain([(1, false)]) {
             let mut runs: Vec<Vec<BTreeMap<String, f64>>> = vec![Vec::new(); binaries.len()];
             let mut failures: Vec<Option<String>> = vec![None; binaries.len()];
             for _ in 0..REPS {
                 for (i, (_, throttle)) in binaries.iter().enumerate() {
-                    match measure(lab, throttle, dir, flows) {
+                    match measure(lab, throttle, dir, flows, limited) {
                         Ok(costs) => runs[i].push(costs),
                         Err(e) => failures[i] = Some(format!("{e:#}")),
                     }
@@ -153,7 +165,8 @@ pub fn section(lab: &Lab, binaries: &[(&str, &Path)]) -> Result<String> {
                     Dir::Down => "down",
                     Dir::Up => "up",
                 };
-                let traffic = format!("{way} ×{flows}");
+                let limit = if limited { "" } else { ", no limit" };
+                let traffic = format!("{way} ×{flows}{limit}");
                 eprintln!("costs: {traffic}, {label}: {row}");
                 let _ = writeln!(text, "| {traffic} | {label} | {row} |");
             }

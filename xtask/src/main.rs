@@ -96,12 +96,15 @@ enum Task {
         /// Only the picture of a 1 MiB/s download (curl and aria2c, throttle and trickle), about two minutes
         #[arg(long, conflicts_with_all = ["rtt", "quick", "filter", "throttle_only"])]
         picture: bool,
-        /// Only what each eBPF program costs per run (kernel.bpf_stats_enabled) at 1, 8 and 64 flows each way; writes costs.md
+        /// Only what each eBPF program costs per run (kernel.bpf_stats_enabled) at 1, 8 and 64 flows each way and at one with no limit; writes costs.md
         #[arg(long, conflicts_with_all = ["rtt", "quick", "filter", "throttle_only", "picture"])]
         costs: bool,
         /// Only 10 000 connections in one run and 500 runs at once, against their bars; writes scale.md (about 3 minutes)
         #[arg(long, conflicts_with_all = ["rtt", "quick", "filter", "throttle_only", "picture", "costs"])]
         scale: bool,
+        /// Only the overhead: veth throughput with the programs attached and no limit beside none, and the start-up of `--down 1M -- true`; writes overhead.md (about 5 minutes)
+        #[arg(long, conflicts_with_all = ["rtt", "quick", "filter", "throttle_only", "picture", "costs", "scale"])]
+        overhead: bool,
         /// An older throttle binary whose programs' costs are measured beside this one's, alternating
         #[arg(long, value_name = "PATH")]
         before: Option<PathBuf>,
@@ -172,6 +175,7 @@ fn main() -> Result<()> {
             picture,
             costs,
             scale,
+            overhead,
             before,
         } => {
             let out = out.unwrap_or_else(|| root.join("target/bench"));
@@ -207,6 +211,7 @@ fn main() -> Result<()> {
                     picture,
                     costs,
                     scale,
+                    overhead,
                     before,
                     throttle,
                     out,

@@ -28,7 +28,7 @@ fn quick_bench_writes_a_report() {
         "| veth TCP up 1 MiB/s | throttle |",
         "| veth TCP down 1 MiB/s | trickle |",
         "| veth TCP up 1 MiB/s | no limiter |",
-        "wall time of `true`",
+        "wall time of `throttle --down 1M -- true`",
     ] {
         assert!(report.contains(row), "report lacks {row:?}:\n{report}");
     }
