@@ -72,7 +72,12 @@ fn full_plan() -> Plan {
                 cases.push(Case::new(Link::Veth, Traffic::Tcp { flows }, dir, limit));
             }
         }
-        cases.push(Case::new(Link::Veth, Traffic::Curl, Dir::Down, limit));
+        cases.push(Case::new(
+            Link::Veth,
+            Traffic::Curl { whole_file: false },
+            Dir::Down,
+            limit,
+        ));
         for dir in [Dir::Down, Dir::Up] {
             cases.push(Case::new(Link::Veth, Traffic::Udp, dir, limit));
         }
@@ -538,7 +543,7 @@ impl Bench<'_> {
 
     pub fn measure(&self, case: &Case, contender: Contender) -> Result<Measurement> {
         match case.traffic {
-            Traffic::Curl | Traffic::Aria2 { .. } => self.download(case, contender),
+            Traffic::Curl { .. } | Traffic::Aria2 { .. } => self.download(case, contender),
             _ => {
                 // Every run gets a server of its own, so that no run
                 // depends on what the one before left: a server that served
@@ -703,13 +708,7 @@ impl Bench<'_> {
     /// that time, run to its end (or four times as long).
     fn download(&self, case: &Case, contender: Contender) -> Result<Measurement> {
         let run_for = u64::from(self.plan.secs + self.plan.warmup);
-        let whole = matches!(
-            case.traffic,
-            Traffic::Aria2 {
-                whole_file: true,
-                ..
-            }
-        );
+        let whole = case.traffic.whole_file();
         let size = match (contender, whole) {
             (Contender::Bare, true) => 16 * MIB * run_for,
             (Contender::Bare, false) => 64 * MIB * run_for,
@@ -927,7 +926,7 @@ impl Bench<'_> {
 fn picture(bench: &Bench, out: &Path) -> Result<PathBuf> {
     let mut panels = Vec::new();
     for (title, traffic) in [
-        ("curl, one connection", Traffic::Curl),
+        ("curl, one connection", Traffic::Curl { whole_file: false }),
         (
             "aria2c, 8 connections",
             Traffic::Aria2 {

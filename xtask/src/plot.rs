@@ -279,7 +279,14 @@ mod tests {
         };
         let rates_png = dir.join("rates.png");
         rates(&rates_png, 1 << 20, 15.0, &[panel("curl"), panel("aria2c")]).unwrap();
-        let case = |limit| Case::new(Link::Veth, Traffic::Curl, Dir::Down, limit);
+        let case = |limit| {
+            Case::new(
+                Link::Veth,
+                Traffic::Curl { whole_file: false },
+                Dir::Down,
+                limit,
+            )
+        };
         let row = |limit, contender, ratio, waste, failed| Row {
             case: case(limit),
             contender,

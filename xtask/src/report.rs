@@ -31,8 +31,11 @@ pub enum Traffic {
     Tcp {
         flows: u32,
     },
-    /// One HTTP download with curl.
-    Curl,
+    /// One HTTP download with curl, stopped after the run's time or, with
+    /// `whole_file`, run to its end as [`Traffic::Aria2`]'s is.
+    Curl {
+        whole_file: bool,
+    },
     /// One HTTP download split into ranges over parallel connections, as
     /// download managers do (aria2c -x N -s N). Stopped after the run's
     /// time, or with `whole_file` run to its end: a file the limit delivers
@@ -100,7 +103,8 @@ impl Case {
         let what = match self.traffic {
             Traffic::Tcp { flows: 1 } => "TCP".to_string(),
             Traffic::Tcp { flows } => format!("TCP ×{flows}"),
-            Traffic::Curl => "curl HTTP".to_string(),
+            Traffic::Curl { whole_file: false } => "curl HTTP".to_string(),
+            Traffic::Curl { whole_file: true } => "curl HTTP whole file".to_string(),
             Traffic::Aria2 {
                 connections,
                 whole_file: false,
@@ -248,8 +252,21 @@ impl Traffic {
         match self {
             Traffic::Tcp { flows } => flows,
             Traffic::Aria2 { connections, .. } => connections,
-            Traffic::Curl | Traffic::Udp => 1,
+            Traffic::Curl { .. } | Traffic::Udp => 1,
         }
+    }
+
+    /// Whether the download runs to the end of a file the limit delivers in
+    /// the run's time, and is rated by its size over its time.
+    pub fn whole_file(self) -> bool {
+        matches!(
+            self,
+            Traffic::Curl { whole_file: true }
+                | Traffic::Aria2 {
+                    whole_file: true,
+                    ..
+                }
+        )
     }
 
     /// Whether a download of `size` bytes can be made this way: aria2c
@@ -353,7 +370,10 @@ impl Row {
                 if self.waste > 0.10 && self.physics().is_none() {
                     misses.push("waste");
                 }
-                let single = matches!(case.traffic, Traffic::Tcp { flows: 1 } | Traffic::Curl);
+                let single = matches!(
+                    case.traffic,
+                    Traffic::Tcp { flows: 1 } | Traffic::Curl { .. }
+                );
                 if single && case.limit >= 1 << 20 && self.cv.is_none_or(|cv| cv > 0.10) {
                     misses.push("CV");
                 }

@@ -38,6 +38,10 @@ pub struct Options {
 /// The kernel the RTT benchmark runs under.
 const KERNEL: &str = "6.12";
 
+const CURL: Traffic = Traffic::Curl { whole_file: false };
+/// A user's download: one connection, a file of the run's time at the
+/// limit, rated by its size over its time.
+const CURL_WHOLE: Traffic = Traffic::Curl { whole_file: true };
 const ARIA2: Traffic = Traffic::Aria2 {
     connections: 8,
     whole_file: false,
@@ -78,7 +82,7 @@ impl Matrix {
                 limits: vec![MIB],
                 clients: vec![
                     (Traffic::Tcp { flows: 1 }, Dir::Down),
-                    (Traffic::Curl, Dir::Down),
+                    (CURL, Dir::Down),
                     (ARIA2_WHOLE, Dir::Down),
                 ],
                 // Eight seconds at 1 MiB/s: a whole file of eight 1 MiB pieces.
@@ -95,7 +99,8 @@ impl Matrix {
                 (Traffic::Tcp { flows: 8 }, Dir::Down),
                 (Traffic::Tcp { flows: 1 }, Dir::Up),
                 (Traffic::Tcp { flows: 8 }, Dir::Up),
-                (Traffic::Curl, Dir::Down),
+                (CURL, Dir::Down),
+                (CURL_WHOLE, Dir::Down),
                 (ARIA2, Dir::Down),
                 (ARIA2_WHOLE, Dir::Down),
             ],
@@ -116,9 +121,11 @@ impl Matrix {
 
     /// Whether `traffic` is measured at `limit`: a whole file is what the
     /// limit delivers in the run, and aria2c needs a piece of 1 MiB per
-    /// connection, more than 8 s at 8 or 64 KiB/s deliver.
+    /// connection, more than 8 s at 8 or 64 KiB/s deliver; curl's whole
+    /// file is a user's download at the limits its bar is set for.
     fn applies(&self, traffic: Traffic, limit: u64) -> bool {
         match traffic {
+            Traffic::Curl { whole_file: true } => limit >= MIB,
             Traffic::Aria2 {
                 whole_file: true, ..
             } => traffic.fits(limit * u64::from(self.secs_at(limit) + self.warmup)),
@@ -652,11 +659,13 @@ mod tests {
         assert_eq!(full.rtts, [0, 20, 80]);
         assert_eq!(full.senders, ["cubic", "bbr"]);
         assert_eq!(full.limits.len(), 4);
-        assert_eq!(full.clients.len(), 7);
-        // The whole file is not split at 8 and 64 KiB/s.
+        assert_eq!(full.clients.len(), 8);
+        // The whole file is not split at 8 and 64 KiB/s, and curl's is a
+        // user's download at 1 and 8 MiB/s.
         assert!(!full.applies(ARIA2_WHOLE, 64 * KIB) && full.applies(ARIA2_WHOLE, MIB));
-        // Five download clients also go through a link of 1 and 8 MiB/s.
-        assert_eq!(full.runs(1).0, 3 * 2 * (7 * 9 - 4 + 5 * 2));
+        assert!(!full.applies(CURL_WHOLE, 64 * KIB) && full.applies(CURL_WHOLE, MIB));
+        // Six download clients also go through a link of 1 and 8 MiB/s.
+        assert_eq!(full.runs(1).0, 3 * 2 * (8 * 9 - 4 - 4 + 6 * 2));
         assert!(Matrix::new(true).runs(1).0 <= 12);
         // 8 KiB/s is measured long enough to resolve its bar; the rest not
         // longer than needed.
