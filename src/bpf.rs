@@ -126,53 +126,37 @@ impl Programs {
         if !limits.scope.is_empty() {
             programs.set_scope(&limits.scope)?;
         }
-        let ids = programs.load_all()?;
-        for (hook, prog_id) in Hook::ALL.into_iter().zip(ids) {
-            programs.attach_one(hook, prog_id, cgroup_dir)?;
+        programs.load_all()?;
+        for hook in Hook::ALL {
+            programs.attach_one(hook, cgroup_dir)?;
         }
         Ok(programs)
     }
 
-    /// Loads the programs, each on its own thread, and returns their ids in
-    /// the order of [`Hook::ALL`]. Verification is most of a run's start-up
-    /// and the kernel verifies privileged loads side by side, so the
-    /// start-up waits for the slowest program rather than for all three.
-    fn load_all(&mut self) -> Result<Vec<u32>> {
-        let mut loaded = std::thread::scope(|scope| {
+    /// Loads the programs, each on its own thread. Verification is most of
+    /// a run's start-up and the kernel verifies privileged loads side by
+    /// side, so the start-up waits for the slowest program rather than for
+    /// all three.
+    fn load_all(&mut self) -> Result<()> {
+        std::thread::scope(|scope| {
             let loads = self
                 .ebpf
                 .programs_mut()
                 .map(|(name, program)| {
                     std::thread::Builder::new()
                         .name("load".into())
-                        .spawn_scoped(scope, move || load(name, program).map(|id| (name, id)))
+                        .spawn_scoped(scope, move || load(name, program))
                         .with_context(|| format!("starting a thread to load {name}"))
                 })
                 .collect::<Result<Vec<_>>>()?;
-            loads
-                .into_iter()
-                .map(|load| {
-                    let (name, id) = load
-                        .join()
-                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
-                    Ok((name.to_owned(), id))
-                })
-                .collect::<Result<Vec<_>>>()
-        })?;
-        Hook::ALL
-            .iter()
-            .map(|hook| {
-                let name = hook.program();
-                let at = loaded
-                    .iter()
-                    .position(|(loaded, _)| loaded == name)
-                    .with_context(|| format!("the eBPF object has no program {name}"))?;
-                Ok(loaded.swap_remove(at).1)
+            loads.into_iter().try_for_each(|load| {
+                load.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
             })
-            .collect()
+        })
     }
 
-    fn attach_one(&mut self, hook: Hook, prog_id: u32, cgroup_dir: BorrowedFd<'_>) -> Result<()> {
+    fn attach_one(&mut self, hook: Hook, cgroup_dir: BorrowedFd<'_>) -> Result<()> {
         let name = hook.program();
         let program = self
             .ebpf
@@ -181,22 +165,26 @@ impl Programs {
         // The default mode: a cgroup bpf_link already coexists with other
         // programs, and AllowMultiple is refused with EINVAL on some kernels.
         let mode = CgroupAttachMode::default();
-        let link = match hook {
+        let (info, link) = match hook {
             Hook::Ingress | Hook::Egress => {
                 let attach_type = if hook == Hook::Ingress {
                     CgroupSkbAttachType::Ingress
                 } else {
                     CgroupSkbAttachType::Egress
                 };
-                <&mut CgroupSkb>::try_from(program)?
-                    .attach(cgroup_dir, attach_type, mode)
-                    .map(LinkId::Skb)
+                let program = <&mut CgroupSkb>::try_from(program)?;
+                let info = program.info();
+                let link = program.attach(cgroup_dir, attach_type, mode);
+                (info, link.map(LinkId::Skb))
             }
-            Hook::Tuning => <&mut SockOps>::try_from(program)?
-                .attach(cgroup_dir, mode)
-                .map(LinkId::SockOps),
-        }
-        .map_err(|e| anyhow!(e));
+            Hook::Tuning => {
+                let program = <&mut SockOps>::try_from(program)?;
+                let info = program.info();
+                (info, program.attach(cgroup_dir, mode).map(LinkId::SockOps))
+            }
+        };
+        let prog_id = info.context("reading the loaded program's id")?.id();
+        let link = link.map_err(|e| anyhow!(e));
         let link = link.with_context(|| {
             format!(
                 "could not attach {name} to {} (throttle needs Linux 5.10+ and {})",
@@ -367,25 +355,16 @@ impl Maps for Programs {
     }
 }
 
-/// Loads one program of the object (the kernel verifies it) and returns
-/// the id the kernel gave it.
-fn load(name: &str, program: &mut Program) -> Result<u32> {
-    let info = match program {
-        Program::CgroupSkb(program) => {
-            program.load().map_err(explain_load).with_context(|| {
-                format!("the kernel refused to load the cgroup_skb program {name}")
-            })?;
-            program.info()
-        }
-        Program::SockOps(program) => {
-            program.load().map_err(explain_load).with_context(|| {
-                format!("the kernel refused to load the sock_ops program {name}")
-            })?;
-            program.info()
-        }
+/// Loads one program of the object: the kernel verifies it.
+fn load(name: &str, program: &mut Program) -> Result<()> {
+    let (kind, loaded) = match program {
+        Program::CgroupSkb(program) => ("cgroup_skb", program.load()),
+        Program::SockOps(program) => ("sock_ops", program.load()),
         _ => bail!("the eBPF object's program {name} is of a type throttle does not attach"),
     };
-    Ok(info.context("reading the loaded program's id")?.id())
+    loaded
+        .map_err(explain_load)
+        .with_context(|| format!("the kernel refused to load the {kind} program {name}"))
 }
 
 /// Keeps the verifier's verdict but only its last lines: the full log is
