@@ -9,7 +9,12 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{bpf, cgroup, limits::Limits, privileges, rundir, sweep, user_scope};
+use crate::{
+    kernel::{bpf, cgroup},
+    limits::Limits,
+    privilege::{capabilities, user_scope},
+    registry::{rundir, sweep},
+};
 
 struct Report {
     failures: usize,
@@ -36,14 +41,14 @@ pub fn run() -> Result<ExitCode> {
     }
     let mut report = Report { failures: 0 };
     report.check("kernel", kernel());
-    for requirement in privileges::required() {
-        let result = if privileges::holds(requirement) {
+    for requirement in capabilities::required() {
+        let result = if capabilities::holds(requirement) {
             Ok(format!("held ({})", requirement.why))
         } else {
             Err(anyhow::anyhow!(
                 "missing, needed {}; {}",
                 requirement.why,
-                privileges::fix()
+                capabilities::fix()
             ))
         };
         report.check(&format!("capability {}", requirement.cap), result);
@@ -75,7 +80,7 @@ fn kernel() -> Result<String> {
     let release = fs::read_to_string("/proc/sys/kernel/osrelease")
         .context("reading /proc/sys/kernel/osrelease")?;
     let release = release.trim();
-    privileges::check_kernel()?;
+    capabilities::check_kernel()?;
     Ok(format!("Linux {release}"))
 }
 

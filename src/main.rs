@@ -1,37 +1,30 @@
 //! `throttle`: run one command with its network bandwidth limited in the
 //! kernel, by eBPF programs attached to a cgroup that the run owns.
 
-mod bpf;
-mod cgroup;
-mod cli;
-mod client;
 mod connect;
 mod control;
 mod doctor;
 mod exit;
-mod guard;
-mod identity;
+mod figures;
+mod kernel;
 mod limits;
-mod privileges;
-mod protocol;
-mod registration;
+mod privilege;
+mod registry;
 mod run;
-mod rundir;
-mod spawn;
-mod stats;
-mod supervisor;
-mod sweep;
-mod user_scope;
 
 use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{CommandFactory as _, Parser as _, error::ErrorKind};
 
+use throttle_cli::{Action, Cli, RunArgs};
+
 use crate::{
-    cli::{Action, Cli, RunArgs},
-    protocol::Changes,
-    run::{Plan, Run},
+    control::{client, protocol::Changes},
+    kernel::cgroup,
+    privilege::capabilities,
+    registry::{rundir, sweep},
+    run::{Plan, PlanError, Run},
 };
 
 fn main() -> ExitCode {
@@ -58,8 +51,8 @@ fn main() -> ExitCode {
             let changes = Changes {
                 rates: throttle_common::PerDirection { down, up },
                 burst,
-                exclude: cli::new_list(&exclude),
-                only: cli::new_list(&only),
+                exclude: throttle_cli::new_list(&exclude),
+                only: throttle_cli::new_list(&only),
             };
             Ok(client::finish(client::set(target.as_deref(), &changes)))
         }
@@ -125,13 +118,11 @@ fn usage_error(error: &clap::Error) -> ExitCode {
 fn run(args: RunArgs) -> Result<i32> {
     let plan = match Plan::from_args(args) {
         Ok(plan) => plan,
-        Err(e) => match e.downcast::<run::BadArguments>() {
-            Ok(bad) => {
-                eprintln!("throttle: {bad} (see 'throttle --help')");
-                return Ok(exit::USAGE.into());
-            }
-            Err(e) => return Err(e),
-        },
+        Err(PlanError::Usage(why)) => {
+            eprintln!("throttle: {why} (see 'throttle --help')");
+            return Ok(exit::USAGE.into());
+        }
+        Err(PlanError::Failed(e)) => return Err(e),
     };
     let (run, forwarding) = Run::start(&plan)?;
     let code = run.supervise(&plan, forwarding)?;
@@ -141,7 +132,7 @@ fn run(args: RunArgs) -> Result<i32> {
 
 /// `throttle cleanup`: fails when something could not be cleaned up.
 fn cleanup() -> Result<ExitCode> {
-    privileges::check()?;
+    capabilities::check()?;
     let mount = cgroup::find_mount()?;
     let sweep = sweep::sweep(&rundir::sweepable(), &mount);
     if sweep.runs.is_empty() && sweep.warnings.is_empty() {

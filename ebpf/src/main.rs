@@ -47,7 +47,7 @@ const PASS: i32 = 1;
 /// Egress only: drop and report congestion (NET_XMIT_CN). TCP keeps the
 /// segment queued and enters CWR instead of treating it as loss; a UDP send
 /// succeeds rather than failing with a baffling EPERM, so UDP senders never
-/// learn of the drop (README, "How limits are enforced").
+/// learn of the drop (docs/enforcement.md).
 const DROP_CONGESTED: i32 = 2;
 
 #[cgroup_skb(ingress)]

@@ -60,7 +60,7 @@ fn a_live_limit_change_is_followed_within_a_second() {
     let Some(_serial) = harness::start("a_live_limit_change_is_followed_within_a_second") else {
         return;
     };
-    let netns = Netns::new();
+    let netns = Netns::create();
     let server = netns.serve();
     let url = format!("{}/{}", server.url, 64 * MIB);
     let download = thread::spawn(move || {

@@ -41,7 +41,7 @@ pub fn start(test: &str) -> Option<MutexGuard<'static, ()>> {
 
 /// Throttle programs loaded when the running test started: anybody else's,
 /// which the test's checks leave alone.
-static BASELINE: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+static BASELINE: Mutex<Vec<u64>> = Mutex::new(Vec::new());
 
 pub fn throttle() -> Command {
     Command::new(THROTTLE)
@@ -87,18 +87,14 @@ pub fn run_cgroup(name: &str) -> PathBuf {
 }
 
 /// Ids of the loaded BPF programs that are throttle's (all three kinds).
-pub fn loaded_throttle_programs() -> Vec<u32> {
-    aya::programs::loaded_programs()
-        .flatten()
-        .filter(|p| p.name_as_str().is_some_and(|n| n.starts_with("throttle_")))
-        .map(|p| p.id())
-        .collect()
+pub fn loaded_throttle_programs() -> Vec<u64> {
+    crate::bpftool::throttle_programs().expect("listing the loaded programs")
 }
 
 /// Throttle programs loaded since the running test started, other than
 /// those a live throttle of someone else's run holds (a benchmark or a
 /// user's download on the same machine).
-pub fn programs_since_start() -> Vec<u32> {
+pub fn programs_since_start() -> Vec<u64> {
     let baseline = BASELINE.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let others = programs_of_other_runs();
     loaded_throttle_programs()
@@ -111,7 +107,7 @@ pub fn programs_since_start() -> Vec<u32> {
 /// fd, as their fdinfo's `prog_id` says) whose command line names none of
 /// the test's runs (`--name t-…`). A program leaked into a command is held
 /// by that command, not by a throttle, so it still counts.
-fn programs_of_other_runs() -> Vec<u32> {
+fn programs_of_other_runs() -> Vec<u64> {
     let mut ids = Vec::new();
     let Ok(procs) = std::fs::read_dir("/proc") else {
         return ids;
@@ -132,7 +128,7 @@ fn programs_of_other_runs() -> Vec<u32> {
             ids.extend(
                 info.lines()
                     .filter_map(|l| l.strip_prefix("prog_id:"))
-                    .filter_map(|v| v.trim().parse::<u32>().ok()),
+                    .filter_map(|v| v.trim().parse::<u64>().ok()),
             );
         }
     }

@@ -228,7 +228,7 @@ fn kill_9_of_the_wrapper_leaves_nothing_running_or_attached() {
     let Some(_serial) = harness::start("kill_9_of_the_wrapper") else {
         return;
     };
-    let netns = Netns::new();
+    let netns = Netns::create();
     let server = netns.serve();
     let mut child = start_download("t-kill9", &server.url);
     let pids = pids_in("t-kill9");
@@ -251,7 +251,7 @@ fn the_next_run_sweeps_what_a_killed_run_and_watchdog_left() {
     let Some(_serial) = harness::start("the_next_run_sweeps") else {
         return;
     };
-    let netns = Netns::new();
+    let netns = Netns::create();
     let server = netns.serve();
     let mut child = start_download("t-stale", &server.url);
     let guard = guard_of(child.id()).expect("the run has no watchdog");
@@ -359,7 +359,7 @@ fn kill_9_of_the_wrapper_ends_a_background_grandchild_at_once() {
     let Some(_serial) = harness::start("kill_9_of_the_wrapper_ends_a_background_grandchild") else {
         return;
     };
-    let netns = Netns::new();
+    let netns = Netns::create();
     let server = netns.serve();
     let mut child = harness::RunGuard(Some(
         throttle()

@@ -5,14 +5,9 @@ mod control;
 mod harness;
 mod lifecycle;
 mod networks;
-// Shared with the benchmark, which uses helpers these tests do not.
-#[allow(dead_code)]
-#[path = "../../xtask/src/netlab.rs"]
-mod netlab;
 mod privileges;
-// What the tests and the soak read from /proc about runs.
-#[path = "../../xtask/src/procfs.rs"]
-mod procfs;
 mod rates;
 mod scale;
 mod security;
+
+use throttle_lab::{bpftool, netlab, procfs};

@@ -65,7 +65,7 @@ fn an_excluded_network_runs_free_while_the_rest_holds_its_limit() {
     else {
         return;
     };
-    let netns = Netns::new();
+    let netns = Netns::create();
     let free = netns.serve_at(IpAddr::V4(netns.peer));
     let limited = netns.serve_at(IpAddr::V6(netns.peer6));
     // The free download starts two seconds into the limited one.
@@ -115,7 +115,7 @@ fn only_limits_the_networks_it_names() {
     let Some(_serial) = harness::start("only_limits_the_networks_it_names") else {
         return;
     };
-    let netns = Netns::new();
+    let netns = Netns::create();
     let limited = netns.serve_at(IpAddr::V4(netns.peer));
     let free = netns.serve_at(IpAddr::V6(netns.peer6));
     let file = upload_file(128 * MIB);
@@ -161,7 +161,7 @@ fn set_changes_the_lists_of_a_live_run() {
     let Some(_serial) = harness::start("set_changes_the_lists_of_a_live_run") else {
         return;
     };
-    let netns = Netns::new();
+    let netns = Netns::create();
     let server = netns.serve();
     let started = Instant::now();
     let run = throttle()
@@ -223,7 +223,7 @@ fn nested_runs_keep_their_own_lists() {
     let Some(_serial) = harness::start("nested_runs_keep_their_own_lists") else {
         return;
     };
-    let netns = Netns::new();
+    let netns = Netns::create();
     let server = netns.serve();
     let peer = host(IpAddr::V4(netns.peer));
     let outer_excludes: [&[&str]; 2] = [&["--down", "4M", "--exclude", &peer], &["--down", "1M"]];

@@ -190,7 +190,7 @@ fn without_root_three_capabilities_and_a_delegated_cgroup_suffice() {
         np.cgroup().display()
     );
 
-    let netns = Netns::new();
+    let netns = Netns::create();
     let server = netns.serve();
     let mut download = np.throttle(&[
         "--down", "1M", "--name", "t-np", "--", "curl", "-sS", "--fail",

@@ -86,7 +86,7 @@ fn download_is_held_to_its_limit() {
     let Some(_serial) = harness::start("download_is_held_to_its_limit") else {
         return;
     };
-    let netns = Netns::new();
+    let netns = Netns::create();
     let server = netns.serve();
     let samples = download("t-down", &["--down", "1M"], &server.url, TRANSFER);
     assert_ratio(
@@ -110,7 +110,7 @@ fn a_download_over_eight_ranged_connections_is_held_to_its_limit() {
     else {
         return;
     };
-    let netns = Netns::new();
+    let netns = Netns::create();
     let server = netns.serve();
     let dir = tempfile_path::TempDir::new("aria2");
     let file = dir.0.join("download");
@@ -151,7 +151,7 @@ fn upload_is_held_to_its_limit() {
     let Some(_serial) = harness::start("upload_is_held_to_its_limit") else {
         return;
     };
-    let netns = Netns::new();
+    let netns = Netns::create();
     let server = netns.serve();
     let samples = upload("t-up", &["--up", "1M"], &server, TRANSFER);
     assert_ratio(
@@ -169,7 +169,7 @@ fn the_unlimited_direction_is_not_slowed() {
     let Some(_serial) = harness::start("the_unlimited_direction_is_not_slowed") else {
         return;
     };
-    let netns = Netns::new();
+    let netns = Netns::create();
     let server = netns.serve();
     // Compared with the same transfer under a run with no limit, side by
     // side, so the bar holds on a slow machine or an emulated guest too; a
@@ -224,7 +224,7 @@ fn both_directions_limited_at_once() {
     let Some(_serial) = harness::start("both_directions_limited_at_once") else {
         return;
     };
-    let netns = Netns::new();
+    let netns = Netns::create();
     let server = netns.serve();
     let file = upload_file(TRANSFER * 3 / 4);
     // One run: the upload (at 512K, about 10 s) in the background while the
@@ -268,7 +268,7 @@ fn nested_runs_compose_and_the_tighter_limit_wins() {
     let Some(_serial) = harness::start("nested_runs_compose_and_the_tighter_limit_wins") else {
         return;
     };
-    let netns = Netns::new();
+    let netns = Netns::create();
     let server = netns.serve();
     for (outer, inner, case) in [("1M", "4M", "outer tighter"), ("4M", "1M", "inner tighter")] {
         let mut cmd = throttle();
@@ -344,7 +344,7 @@ fn nested_runs_drop_no_more_than_the_tighter_run_alone() {
     else {
         return;
     };
-    let netns = Netns::new();
+    let netns = Netns::create();
     let server = netns.serve();
     const LIMIT: u64 = 128 * MIB;
     let bytes = LIMIT * 7;
@@ -418,7 +418,7 @@ fn the_smallest_accepted_burst_holds_the_rate() {
     let Some(_serial) = harness::start("the_smallest_accepted_burst_holds_the_rate") else {
         return;
     };
-    let netns = Netns::new();
+    let netns = Netns::create();
     for (link, server) in [
         ("veth", netns.serve()),
         ("loopback", crate::netlab::serve_loopback()),
@@ -468,7 +468,7 @@ fn the_smallest_accepted_burst_holds_the_rate() {
     assert_clean("t-burst");
 }
 
-/// Issue 15: the lowest limit the README states, 1 KiB/s, holds over the
+/// Issue 15: the lowest limit docs/enforcement.md states, 1 KiB/s, holds over the
 /// first 30 s of a curl download, from its first byte: the default bucket
 /// starts with one second of credit, not its full 16 KiB.
 #[test]
@@ -478,7 +478,7 @@ fn a_download_at_one_kib_per_second_holds_over_thirty_seconds() {
     else {
         return;
     };
-    let netns = Netns::new();
+    let netns = Netns::create();
     let server = netns.serve();
     let mut cmd = throttle();
     cmd.args([
@@ -509,7 +509,7 @@ fn a_download_at_one_kib_per_second_holds_over_thirty_seconds() {
 /// arguments the lab server's host and port and then `args`; returns what
 /// it printed, once it has ended well and the run has left nothing behind.
 fn python_beside_the_lab(limits: &[&str], name: &str, script: &str, args: &[&str]) -> String {
-    let netns = Netns::new();
+    let netns = Netns::create();
     let server = netns.serve();
     let address = server.url.trim_start_matches("http://");
     let (host, port) = address.rsplit_once(':').unwrap();

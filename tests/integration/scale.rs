@@ -53,7 +53,7 @@ fn fifty_runs_at_once_each_hold_their_own_limit() {
     let Some(_serial) = harness::start("fifty_runs_at_once_each_hold_their_own_limit") else {
         return;
     };
-    let netns = Netns::new();
+    let netns = Netns::create();
     let server = netns.serve();
     let bytes = LIMIT * SECS + CREDIT;
     let children: Vec<Child> = (0..RUNS)
@@ -130,7 +130,7 @@ fn two_thousand_connections_share_one_run() {
     let Some(_serial) = harness::start("two_thousand_connections_share_one_run") else {
         return;
     };
-    let netns = Netns::new();
+    let netns = Netns::create();
     let server = netns.serve();
     let (host, port) = server
         .url

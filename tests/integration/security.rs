@@ -1,4 +1,4 @@
-//! Root runs against hostile local users (README, "Threat model"): what
+//! Root runs against hostile local users (SECURITY.md, "Threat model"): what
 //! another user can write is never followed, adopted, read unbounded or
 //! acted on. Each test creates its own users: A, who runs throttle with
 //! sudo, and B, who attacks.

@@ -17,7 +17,7 @@ pub fn run(root: &Path) -> Result<()> {
         "the demo creates a network namespace and cgroups: run it as root"
     );
     let throttle = build_release(root)?;
-    let netns = Netns::new();
+    let netns = Netns::create();
     let server = netns.serve();
     let url = format!("{}/{BYTES}", server.url);
     println!(

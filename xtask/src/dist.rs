@@ -23,7 +23,7 @@ use clap_complete::Shell;
 const TARGET: &str = "x86_64-unknown-linux-musl";
 
 /// The capabilities the package grants, as `throttle doctor` and the
-/// README's "Without root" name them for kernels 5.8 and later.
+/// docs/without-root.md name them for kernels 5.8 and later.
 const CAPABILITIES: &str = "cap_bpf,cap_perfmon,cap_net_admin+ep";
 
 /// Builds the static binary and the Debian package into `target/dist`;

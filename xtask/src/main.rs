@@ -2,31 +2,14 @@
 //! `cargo xtask demo` (the README's first command), `cargo xtask dist`, `cargo xtask bench` and
 //! `cargo xtask soak`.
 //!
-//! The CLI definition is compiled in from the binary's own source, so the
-//! generated files can never describe a different command line.
+//! The completions and man page come from the throttle-cli crate the binary
+//! parses with, so the generated files can never describe a different
+//! command line.
 
-// Only the definition is used here, not the parsed values.
 mod bench;
-mod bpftool;
-#[allow(dead_code)]
-#[path = "../../src/cli.rs"]
-mod cli;
-mod costs;
 mod demo;
 mod dist;
-#[allow(dead_code)]
-#[path = "../../src/identity.rs"]
-mod identity;
-mod scale;
-// Shared with the integration tests, which use the upload side too.
-#[allow(dead_code)]
-mod netlab;
-mod plot;
-mod procfs;
-mod report;
-mod rtt;
 mod soak;
-mod startup;
 mod system_vm;
 mod vm;
 
@@ -37,8 +20,9 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use clap::{CommandFactory as _, Parser, Subcommand};
+use clap::{Args, CommandFactory as _, Parser, Subcommand};
 use clap_complete::Shell;
+use throttle_lab::{bpftool, netlab, procfs};
 
 #[derive(Parser)]
 #[command(name = "cargo xtask")]
@@ -68,50 +52,7 @@ enum Task {
     /// Download from a local server through `throttle --down 1M` and show the achieved rate (needs root)
     Demo,
     /// Measure throttle against trickle and no limiter; writes target/bench/report.md (needs root)
-    Bench {
-        /// A 1 MiB/s download and upload subset that runs in under a minute
-        #[arg(long)]
-        quick: bool,
-        /// The throttle binary to measure [default: build the release binary]
-        #[arg(long, value_name = "PATH")]
-        throttle: Option<PathBuf>,
-        /// Where the report and plot go [default: target/bench]
-        #[arg(long, value_name = "DIR")]
-        out: Option<PathBuf>,
-        /// Only the real round-trip times (0, 20, 80 ms under netem, in the Linux 6.12 guest); writes rtt.md
-        #[arg(long)]
-        rtt: bool,
-        /// Leave out the round-trip section (the veth and loopback part alone, about 30 minutes)
-        #[arg(long, conflicts_with = "rtt")]
-        no_rtt: bool,
-        /// Runs per row of the round-trip section
-        #[arg(long, default_value_t = 1, value_name = "N")]
-        reps: usize,
-        /// Only the rows whose case contains TEXT, e.g. "aria2c" or "down 1 MiB/s" (no overhead table, no plot; with neither --rtt nor --no-rtt, the veth and loopback part)
-        #[arg(long, value_name = "TEXT")]
-        filter: Option<String>,
-        /// Leave trickle and no limiter out, for quicker runs while working on the limiter (no overhead table, no plot; the round trips keep their link of the limit)
-        #[arg(long)]
-        throttle_only: bool,
-        /// Only the picture of a 1 MiB/s download (curl and aria2c, throttle and trickle), about two minutes
-        #[arg(long, conflicts_with_all = ["rtt", "quick", "filter", "throttle_only"])]
-        picture: bool,
-        /// Only what each eBPF program costs per run (kernel.bpf_stats_enabled) at 1, 8 and 64 flows each way and at one with no limit; writes costs.md
-        #[arg(long, conflicts_with_all = ["rtt", "quick", "filter", "throttle_only", "picture"])]
-        costs: bool,
-        /// Only 10 000 connections in one run and 500 runs at once, against their bars; writes scale.md (about 3 minutes)
-        #[arg(long, conflicts_with_all = ["rtt", "quick", "filter", "throttle_only", "picture", "costs"])]
-        scale: bool,
-        /// Only the overhead: veth throughput with the programs attached and no limit beside none, and the start-up of `--down 1M -- true`; writes overhead.md (about 5 minutes)
-        #[arg(long, conflicts_with_all = ["rtt", "quick", "filter", "throttle_only", "picture", "costs", "scale"])]
-        overhead: bool,
-        /// An older throttle binary whose programs' costs are measured beside this one's, alternating
-        #[arg(long, value_name = "PATH")]
-        before: Option<PathBuf>,
-        /// The round-trip section's own side, inside the guest
-        #[arg(long, hide = true)]
-        rtt_guest: bool,
-    },
+    Bench(BenchArgs),
     /// Boot a Debian kernel under qemu on this machine's root filesystem and run COMMAND inside as root (needs root)
     Vm {
         /// Which kernel: 6.1, 6.12 or all
@@ -144,6 +85,52 @@ enum Task {
     },
 }
 
+#[derive(Args)]
+struct BenchArgs {
+    /// A 1 MiB/s download and upload subset that runs in under a minute
+    #[arg(long)]
+    quick: bool,
+    /// The throttle binary to measure [default: build the release binary]
+    #[arg(long, value_name = "PATH")]
+    throttle: Option<PathBuf>,
+    /// Where the report and plot go [default: target/bench]
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Only the real round-trip times (0, 20, 80 ms under netem, in the Linux 6.12 guest); writes rtt.md
+    #[arg(long)]
+    rtt: bool,
+    /// Leave out the round-trip section (the veth and loopback part alone, about 30 minutes)
+    #[arg(long, conflicts_with = "rtt")]
+    no_rtt: bool,
+    /// Runs per row of the round-trip section
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    reps: usize,
+    /// Only the rows whose case contains TEXT, e.g. "aria2c" or "down 1 MiB/s" (no overhead table, no plot; with neither --rtt nor --no-rtt, the veth and loopback part)
+    #[arg(long, value_name = "TEXT")]
+    filter: Option<String>,
+    /// Leave trickle and no limiter out, for quicker runs while working on the limiter (no overhead table, no plot; the round trips keep their link of the limit)
+    #[arg(long)]
+    throttle_only: bool,
+    /// Only the picture of a 1 MiB/s download (curl and aria2c, throttle and trickle), about two minutes
+    #[arg(long, conflicts_with_all = ["rtt", "quick", "filter", "throttle_only"])]
+    picture: bool,
+    /// Only what each eBPF program costs per run (kernel.bpf_stats_enabled) at 1, 8 and 64 flows each way and at one with no limit; writes costs.md
+    #[arg(long, conflicts_with_all = ["rtt", "quick", "filter", "throttle_only", "picture"])]
+    costs: bool,
+    /// Only 10 000 connections in one run and 500 runs at once, against their bars; writes scale.md (about 3 minutes)
+    #[arg(long, conflicts_with_all = ["rtt", "quick", "filter", "throttle_only", "picture", "costs"])]
+    scale: bool,
+    /// Only the overhead: veth throughput with the programs attached and no limit beside none, and the start-up of `--down 1M -- true`; writes overhead.md (about 5 minutes)
+    #[arg(long, conflicts_with_all = ["rtt", "quick", "filter", "throttle_only", "picture", "costs", "scale"])]
+    overhead: bool,
+    /// An older throttle binary whose programs' costs are measured beside this one's, alternating
+    #[arg(long, value_name = "PATH")]
+    before: Option<PathBuf>,
+    /// The round-trip section's own side, inside the guest
+    #[arg(long, hide = true)]
+    rtt_guest: bool,
+}
+
 /// Each shell's completion file, named as the shell looks for it.
 const SHELLS: [(Shell, &str); 4] = [
     (Shell::Bash, "throttle.bash"),
@@ -162,88 +149,8 @@ fn main() -> Result<()> {
         Task::Demo => demo::run(&root),
         Task::Dist => dist::run(&root).map(|_| ()),
         Task::InstallTest => system_vm::test(&root),
-        Task::Bench {
-            quick,
-            throttle,
-            out,
-            rtt,
-            reps,
-            filter,
-            throttle_only,
-            rtt_guest,
-            no_rtt,
-            picture,
-            costs,
-            scale,
-            overhead,
-            before,
-        } => {
-            let out = out.unwrap_or_else(|| root.join("target/bench"));
-            let throttle = match throttle {
-                Some(path) => path,
-                None if rtt_guest => bail!("--rtt-guest needs --throttle"),
-                None => demo::build_release(&root)?,
-            };
-            if rtt || rtt_guest {
-                let options = rtt::Options {
-                    quick,
-                    filter,
-                    throttle_only,
-                    reps,
-                    throttle,
-                    out,
-                };
-                if rtt_guest {
-                    rtt::refuse_outside_guest()?;
-                    return rtt::run_inside(&options);
-                }
-                print!("{}", rtt::run(&root, &options)?);
-                return Ok(());
-            }
-            bench::run(
-                &root,
-                &bench::Options {
-                    quick,
-                    rtt: !no_rtt,
-                    reps,
-                    filter,
-                    throttle_only,
-                    picture,
-                    costs,
-                    scale,
-                    overhead,
-                    before,
-                    throttle,
-                    out,
-                },
-            )
-        }
-        Task::Vm { kernel, command } => {
-            let mut worst = 0;
-            for label in vm::labels(&kernel)? {
-                let guest = vm::run(
-                    label,
-                    &command,
-                    &std::env::current_dir()?,
-                    &[],
-                    Duration::from_secs(3600),
-                )?;
-                print!("{}", guest.output);
-                eprintln!(
-                    "xtask vm: Linux {}: exit status {}, {:.0} s",
-                    guest.kernel,
-                    guest
-                        .status
-                        .map_or("unknown (no status came back)".into(), |s| s.to_string()),
-                    guest.took.as_secs_f64()
-                );
-                worst = worst.max(guest.status.unwrap_or(255));
-            }
-            if worst != 0 {
-                std::process::exit(worst);
-            }
-            Ok(())
-        }
+        Task::Bench(args) => bench(&root, args),
+        Task::Vm { kernel, command } => vm(&kernel, &command),
         Task::VmTest { kernel } => vm::test(&root, &vm::labels(&kernel)?),
         Task::Soak {
             runs,
@@ -266,6 +173,79 @@ fn main() -> Result<()> {
     }
 }
 
+/// `cargo xtask bench`: one section alone, the round trips alone, or the
+/// whole benchmark.
+fn bench(root: &Path, args: BenchArgs) -> Result<()> {
+    let out = args.out.unwrap_or_else(|| root.join("target/bench"));
+    let throttle = match args.throttle {
+        Some(path) => path,
+        None if args.rtt_guest => bail!("--rtt-guest needs --throttle"),
+        None => demo::build_release(root)?,
+    };
+    if args.rtt || args.rtt_guest {
+        let options = bench::rtt::Options {
+            quick: args.quick,
+            filter: args.filter,
+            throttle_only: args.throttle_only,
+            reps: args.reps,
+            throttle,
+            out,
+        };
+        if args.rtt_guest {
+            bench::rtt::refuse_outside_guest()?;
+            return bench::rtt::run_inside(&options);
+        }
+        print!("{}", bench::rtt::run(root, &options)?);
+        return Ok(());
+    }
+    bench::run(
+        root,
+        &bench::Options {
+            quick: args.quick,
+            rtt: !args.no_rtt,
+            reps: args.reps,
+            filter: args.filter,
+            throttle_only: args.throttle_only,
+            picture: args.picture,
+            costs: args.costs,
+            scale: args.scale,
+            overhead: args.overhead,
+            before: args.before,
+            throttle,
+            out,
+        },
+    )
+}
+
+/// `cargo xtask vm`: COMMAND in each kernel asked for; exits with the
+/// worst status.
+fn vm(kernel: &str, command: &[String]) -> Result<()> {
+    let mut worst = 0;
+    for label in vm::labels(kernel)? {
+        let guest = vm::run(
+            label,
+            command,
+            &std::env::current_dir()?,
+            &[],
+            Duration::from_secs(3600),
+        )?;
+        print!("{}", guest.output);
+        eprintln!(
+            "xtask vm: Linux {}: exit status {}, {:.0} s",
+            guest.kernel,
+            guest
+                .status
+                .map_or("unknown (no status came back)".into(), |s| s.to_string()),
+            guest.took.as_secs_f64()
+        );
+        worst = worst.max(guest.status.unwrap_or(255));
+    }
+    if worst != 0 {
+        std::process::exit(worst);
+    }
+    Ok(())
+}
+
 /// The cargo that runs xtask (CARGO), so builds use the same toolchain.
 pub fn cargo() -> std::process::Command {
     std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
@@ -280,7 +260,12 @@ fn workspace_root() -> PathBuf {
 
 fn completion(shell: Shell) -> Vec<u8> {
     let mut out = Vec::new();
-    clap_complete::generate(shell, &mut cli::Cli::command(), "throttle", &mut out);
+    clap_complete::generate(
+        shell,
+        &mut throttle_cli::Cli::command(),
+        "throttle",
+        &mut out,
+    );
     out
 }
 
@@ -324,7 +309,7 @@ const MAN_PAGE: &str = "man/throttle.1";
 
 fn man_page() -> Vec<u8> {
     let mut out = Vec::new();
-    clap_mangen::Man::new(cli::Cli::command())
+    clap_mangen::Man::new(throttle_cli::Cli::command())
         .render(&mut out)
         .expect("rendering into memory cannot fail");
     out

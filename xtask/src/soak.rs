@@ -23,6 +23,7 @@ use nix::{
 };
 
 use crate::{
+    bpftool,
     netlab::{self, MIB, Netns},
     procfs::{self, alive},
 };
@@ -153,7 +154,7 @@ pub fn run(options: &Options) -> Result<()> {
         bail!("the soak needs root (cgroups, BPF, network namespaces); run: sudo cargo xtask soak");
     }
     let env = Env::new(&options.throttle)?;
-    let netns = Netns::new();
+    let netns = Netns::create();
     let server = netns.serve();
     let mut random = Random(options.seed.max(1));
     let mut by_fault: BTreeMap<Fault, Tally> = BTreeMap::new();
@@ -232,7 +233,7 @@ impl Env {
         Ok(Env {
             throttle: throttle.to_path_buf(),
             runs_parent,
-            baseline: throttle_programs()?,
+            baseline: bpftool::throttle_programs()?,
         })
     }
 
@@ -406,7 +407,7 @@ impl Env {
     fn leaked_programs(&self) -> Option<Vec<u64>> {
         let deadline = Instant::now() + GRACE;
         loop {
-            let extra: Vec<u64> = throttle_programs()
+            let extra: Vec<u64> = bpftool::throttle_programs()
                 .unwrap_or_default()
                 .into_iter()
                 .filter(|id| !self.baseline.contains(id))
@@ -583,27 +584,6 @@ fn guard_of(wrapper: u32) -> Option<i32> {
         }
         thread::sleep(Duration::from_millis(5));
     }
-}
-
-/// Ids of the loaded programs that are throttle's, as bpftool lists them.
-fn throttle_programs() -> Result<Vec<u64>> {
-    let output = Command::new("bpftool")
-        .args(["prog", "show", "--json"])
-        .output()
-        .context("running bpftool (see scripts/setup.sh)")?;
-    let programs: serde_json::Value =
-        serde_json::from_slice(&output.stdout).context("reading bpftool's JSON")?;
-    Ok(programs
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|p| {
-            p["name"]
-                .as_str()
-                .is_some_and(|n| n.starts_with("throttle_"))
-        })
-        .filter_map(|p| p["id"].as_u64())
-        .collect())
 }
 
 fn percentile(times: &[Duration], p: f64) -> Duration {

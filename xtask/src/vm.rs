@@ -102,23 +102,15 @@ fn quote(word: &str) -> String {
     format!("'{}'", word.replace('\'', r"'\''"))
 }
 
-/// Boots kernel `label`, runs `command` as root inside (from `cwd`, under a
-/// reaping subreaper, with `writable` shared writable) and returns its exit
-/// status and output; stops the guest after `limit`.
-pub fn run(
-    label: &str,
+/// Writes the script the guest runs into `shared`: `command` from `cwd`
+/// under tini, its output into `log` and its exit status into `status`.
+fn write_guest_script(
+    shared: &Path,
     command: &[String],
     cwd: &Path,
-    writable: &[PathBuf],
-    limit: Duration,
-) -> Result<Guest> {
-    let image = kernel_image(label)?;
-    let vng = Path::new(CACHE).join("venv/bin/vng");
-    if !vng.exists() {
-        bail!("{} is missing; run scripts/setup.sh", vng.display());
-    }
-    let shared = tempdir()?;
-    let (log, status) = (shared.join("log"), shared.join("status"));
+    log: &Path,
+    status: &Path,
+) -> Result<PathBuf> {
     let words: Vec<String> = command.iter().map(|w| quote(w)).collect();
     let forwarded: String = ["CI", "RUST_BACKTRACE"]
         .iter()
@@ -147,6 +139,27 @@ pub fn run(
     let script_path = shared.join("guest.sh");
     fs::write(&script_path, script)?;
     fs::set_permissions(&script_path, fs::Permissions::from_mode(0o755))?;
+    Ok(script_path)
+}
+
+/// Boots kernel `label`, runs `command` as root inside (from `cwd`, under a
+/// reaping subreaper, with `writable` shared writable) and returns its exit
+/// status and output; stops the guest after `limit`.
+pub fn run(
+    label: &str,
+    command: &[String],
+    cwd: &Path,
+    writable: &[PathBuf],
+    limit: Duration,
+) -> Result<Guest> {
+    let image = kernel_image(label)?;
+    let vng = Path::new(CACHE).join("venv/bin/vng");
+    if !vng.exists() {
+        bail!("{} is missing; run scripts/setup.sh", vng.display());
+    }
+    let shared = tempdir()?;
+    let (log, status) = (shared.join("log"), shared.join("status"));
+    let script_path = write_guest_script(&shared, command, cwd, &log, &status)?;
 
     let mut vm = Command::new(&vng);
     vm.env(
