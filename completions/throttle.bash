@@ -16,11 +16,17 @@ _throttle() {
             ",$1")
                 cmd="throttle"
                 ;;
+            throttle,attach)
+                cmd="throttle__subcmd__attach"
+                ;;
             throttle,cleanup)
                 cmd="throttle__subcmd__cleanup"
                 ;;
             throttle,completions)
                 cmd="throttle__subcmd__completions"
+                ;;
+            throttle,detach)
+                cmd="throttle__subcmd__detach"
                 ;;
             throttle,doctor)
                 cmd="throttle__subcmd__doctor"
@@ -37,11 +43,17 @@ _throttle() {
             throttle,stats)
                 cmd="throttle__subcmd__stats"
                 ;;
+            throttle__subcmd__help,attach)
+                cmd="throttle__subcmd__help__subcmd__attach"
+                ;;
             throttle__subcmd__help,cleanup)
                 cmd="throttle__subcmd__help__subcmd__cleanup"
                 ;;
             throttle__subcmd__help,completions)
                 cmd="throttle__subcmd__help__subcmd__completions"
+                ;;
+            throttle__subcmd__help,detach)
+                cmd="throttle__subcmd__help__subcmd__detach"
                 ;;
             throttle__subcmd__help,doctor)
                 cmd="throttle__subcmd__help__subcmd__doctor"
@@ -65,7 +77,7 @@ _throttle() {
 
     case "${cmd}" in
         throttle)
-            opts="-h -V --down --up --burst --exclude --only --user --keep-env --name --kill-after --wait-all --summary --help --version doctor cleanup list set stats completions help"
+            opts="-h -V --down --up --burst --exclude --only --user --keep-env --name --kill-after --wait-all --summary --help --version doctor cleanup list set stats attach detach completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -118,6 +130,64 @@ _throttle() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        throttle__subcmd__attach)
+            opts="-h --down --up --burst --exclude --only --cgroup --unit --user-unit --container --name --summary --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --down)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --up)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --burst)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --exclude)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --only)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cgroup)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --unit)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --user-unit)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --container)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --name)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --summary)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         throttle__subcmd__cleanup)
             opts="-h --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -146,6 +216,20 @@ _throttle() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        throttle__subcmd__detach)
+            opts="-h --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         throttle__subcmd__doctor)
             opts="-h --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -161,8 +245,22 @@ _throttle() {
             return 0
             ;;
         throttle__subcmd__help)
-            opts="doctor cleanup list set stats completions help"
+            opts="doctor cleanup list set stats attach detach completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        throttle__subcmd__help__subcmd__attach)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -189,6 +287,20 @@ _throttle() {
             return 0
             ;;
         throttle__subcmd__help__subcmd__completions)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        throttle__subcmd__help__subcmd__detach)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )

@@ -38,6 +38,8 @@ set edit:completion:arg-completer[throttle] = {|@words|
             cand list 'List the live runs you may see, with limits, current rates and totals'
             cand set 'Change a live run''s limits (within 100 ms); RATE or ''unlimited'''
             cand stats 'Show a live run''s current rates (sampled over the interval) and totals'
+            cand attach 'Limit what already runs: every socket of a cgroup, a systemd unit or a container, until it is gone, Ctrl-C or ''throttle detach''; nothing is moved or killed'
+            cand detach 'Lift an attached run''s limits, as Ctrl-C in its terminal does'
             cand completions 'Print shell completions to stdout'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
@@ -69,6 +71,25 @@ set edit:completion:arg-completer[throttle] = {|@words|
             cand -h 'Print help'
             cand --help 'Print help'
         }
+        &'throttle;attach'= {
+            cand --down 'Limit the download (ingress) rate; unlimited if omitted'
+            cand --up 'Limit the upload (egress) rate; unlimited if omitted'
+            cand --burst 'Bucket depth: how far a burst may run ahead of the rate; at least 125 ms of each limited rate and 16K [default: 250 ms of the rate, at least 16K]'
+            cand --exclude 'Leave traffic to and from CIDR unlimited (still counted, apart); repeatable. ''local'' is loopback and link-local'
+            cand --only 'Limit only traffic to and from CIDR; repeatable. With --exclude, the longest matching network decides'
+            cand --cgroup 'The cgroup v2 directory to attach to, absolute or relative to the cgroup2 mount'
+            cand --unit 'A systemd unit of the system manager (nginx.service, user-1000.slice): its cgroup'
+            cand --user-unit 'A systemd unit of your own user manager (systemctl --user): its cgroup'
+            cand --container 'A running podman or docker container, by name or id: its cgroup'
+            cand --name 'Name of the run, for ''throttle list/set/stats/detach'' [default: the target''s name and this pid]'
+            cand --summary 'At detach, print one line on stderr: bytes, duration, average rates and drops per direction'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+        }
+        &'throttle;detach'= {
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
         &'throttle;completions'= {
             cand -h 'Print help'
             cand --help 'Print help'
@@ -79,6 +100,8 @@ set edit:completion:arg-completer[throttle] = {|@words|
             cand list 'List the live runs you may see, with limits, current rates and totals'
             cand set 'Change a live run''s limits (within 100 ms); RATE or ''unlimited'''
             cand stats 'Show a live run''s current rates (sampled over the interval) and totals'
+            cand attach 'Limit what already runs: every socket of a cgroup, a systemd unit or a container, until it is gone, Ctrl-C or ''throttle detach''; nothing is moved or killed'
+            cand detach 'Lift an attached run''s limits, as Ctrl-C in its terminal does'
             cand completions 'Print shell completions to stdout'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
@@ -91,6 +114,10 @@ set edit:completion:arg-completer[throttle] = {|@words|
         &'throttle;help;set'= {
         }
         &'throttle;help;stats'= {
+        }
+        &'throttle;help;attach'= {
+        }
+        &'throttle;help;detach'= {
         }
         &'throttle;help;completions'= {
         }

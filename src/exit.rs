@@ -1,6 +1,7 @@
 //! Every exit status throttle gives, as the README's "Exit status" and
-//! "Changing a running command" sections list them. A run mirrors its
-//! command's own status; these are what throttle says for itself.
+//! "Changing a running command" sections and docs/attach.md list them. A
+//! run mirrors its command's own status; these are what throttle says for
+//! itself.
 
 /// Invalid arguments, as clap and most tools report them.
 pub const USAGE: u8 = 2;
@@ -17,6 +18,11 @@ pub const INCOMPLETE: u8 = 7;
 /// `set`, `stats`: the NAME or PID given names more than one run (each
 /// is listed, as NAME@UID).
 pub const AMBIGUOUS: u8 = 8;
+/// `attach`: no such target, or it is not running.
+pub const NO_SUCH_TARGET: u8 = 9;
+/// `attach`: the caller may not limit the target (another user's, the
+/// root cgroup).
+pub const FORBIDDEN: u8 = 10;
 /// throttle itself failed (before, or while tearing down after, the command).
 pub const FAILURE: u8 = 125;
 /// The command exists but could not be executed, as env, nice and timeout say.

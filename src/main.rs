@@ -17,14 +17,14 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{CommandFactory as _, Parser as _, error::ErrorKind};
 
-use throttle_cli::{Action, Cli, RunArgs};
+use throttle_cli::{Action, AttachArgs, Cli, RunArgs};
 
 use crate::{
     control::{client, protocol::Changes},
     kernel::cgroup,
     privilege::capabilities,
     registry::{rundir, sweep},
-    run::{Plan, PlanError, Run},
+    run::{Attach, Plan, PlanError, Run},
 };
 
 fn main() -> ExitCode {
@@ -65,6 +65,8 @@ fn main() -> ExitCode {
             watch,
             json,
         ))),
+        Some(Action::Attach(args)) => attach(args).map(|code| ExitCode::from(code as u8)),
+        Some(Action::Detach { target }) => Ok(client::finish(client::detach(&target))),
         Some(Action::Completions { shell }) => {
             clap_complete::generate(
                 shell,
@@ -118,16 +120,32 @@ fn usage_error(error: &clap::Error) -> ExitCode {
 fn run(args: RunArgs) -> Result<i32> {
     let plan = match Plan::from_args(args) {
         Ok(plan) => plan,
-        Err(PlanError::Usage(why)) => {
-            eprintln!("throttle: {why} (see 'throttle --help')");
-            return Ok(exit::USAGE.into());
-        }
-        Err(PlanError::Failed(e)) => return Err(e),
+        Err(refused) => return refusal(refused),
     };
     let (run, forwarding) = Run::start(&plan)?;
     let code = run.supervise(&plan, forwarding)?;
     run.finish(&plan)?;
     Ok(code)
+}
+
+/// `throttle attach`: the exit status, or why throttle failed.
+fn attach(args: AttachArgs) -> Result<i32> {
+    match Attach::from_args(args) {
+        Ok(plan) => run::attach(&plan),
+        Err(refused) => refusal(refused),
+    }
+}
+
+/// A run or attach not planned: one line, and the status that says why.
+fn refusal(refused: PlanError) -> Result<i32> {
+    let (code, why) = match refused {
+        PlanError::Usage(why) => (exit::USAGE, format!("{why} (see 'throttle --help')")),
+        PlanError::NoTarget(why) => (exit::NO_SUCH_TARGET, why),
+        PlanError::Forbidden(why) => (exit::FORBIDDEN, why),
+        PlanError::Failed(e) => return Err(e),
+    };
+    eprintln!("throttle: {why}");
+    Ok(code.into())
 }
 
 /// `throttle cleanup`: fails when something could not be cleaned up.

@@ -4,9 +4,13 @@
 //! building the eBPF object. Nothing here looks anything up: `--user` is
 //! resolved in the binary's plan.
 
-use std::{ffi::OsStr, ffi::OsString, path::Path, time::Duration};
+use std::{
+    ffi::{OsStr, OsString},
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use clap_complete::Shell;
 use throttle_common::{
     networks::{CIDR_FORMS, Place},
@@ -67,8 +71,9 @@ pub struct Cli {
     pub run: RunArgs,
 }
 
+/// The limits of a run, started or attached.
 #[derive(Debug, Args)]
-pub struct RunArgs {
+pub struct LimitArgs {
     /// Limit the download (ingress) rate; unlimited if omitted
     #[arg(long, value_name = "RATE", value_parser = rate)]
     pub down: Option<Rate>,
@@ -88,6 +93,12 @@ pub struct RunArgs {
     /// Limit only traffic to and from CIDR; repeatable. With --exclude, the longest matching network decides
     #[arg(long, value_name = "CIDR", value_parser = place)]
     pub only: Vec<Place>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub limits: LimitArgs,
 
     /// Run COMMAND as USER (name or uid), with that user's groups, a reset environment (see --keep-env) and a session of its own without the caller's controlling terminal, as 'runuser -l -c' does; needs root. Without it the command runs as the caller: as root under sudo
     #[arg(long, value_name = "USER")]
@@ -129,6 +140,66 @@ pub struct RunArgs {
         num_args = 1..
     )]
     pub command: Vec<OsString>,
+}
+
+/// `throttle attach`: limits, and the one thing already running to hold to them.
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("target").required(true).args(["cgroup", "unit", "user_unit", "container"])))]
+pub struct AttachArgs {
+    #[command(flatten)]
+    pub limits: LimitArgs,
+
+    /// The cgroup v2 directory to attach to, absolute or relative to the cgroup2 mount
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
+
+    /// A systemd unit of the system manager (nginx.service, user-1000.slice): its cgroup
+    #[arg(long, value_name = "UNIT")]
+    pub unit: Option<String>,
+
+    /// A systemd unit of your own user manager (systemctl --user): its cgroup
+    #[arg(long, value_name = "UNIT")]
+    pub user_unit: Option<String>,
+
+    /// A running podman or docker container, by name or id: its cgroup
+    #[arg(long, value_name = "NAME|ID")]
+    pub container: Option<String>,
+
+    /// Name of the run, for 'throttle list/set/stats/detach' [default: the target's name and this pid]
+    #[arg(long, value_name = "NAME", value_parser = run_name)]
+    pub name: Option<String>,
+
+    /// At detach, print one line on stderr: bytes, duration, average rates and drops per direction
+    #[arg(
+        long,
+        value_name = "FORMAT",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "text"
+    )]
+    pub summary: Option<SummaryFormat>,
+}
+
+/// What `throttle attach` holds, as the command line names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target<'a> {
+    Cgroup(&'a Path),
+    Unit(&'a str),
+    UserUnit(&'a str),
+    Container(&'a str),
+}
+
+impl AttachArgs {
+    /// The one target clap made sure was given.
+    pub fn target(&self) -> Target<'_> {
+        match (&self.cgroup, &self.unit, &self.user_unit, &self.container) {
+            (Some(path), ..) => Target::Cgroup(path),
+            (_, Some(unit), ..) => Target::Unit(unit),
+            (_, _, Some(unit), _) => Target::UserUnit(unit),
+            (.., Some(container)) => Target::Container(container),
+            (None, None, None, None) => unreachable!("clap requires one target"),
+        }
+    }
 }
 
 /// How `--summary` prints its line.
@@ -184,6 +255,14 @@ pub enum Action {
         /// JSON lines, for scripts
         #[arg(long)]
         json: bool,
+    },
+    /// Limit what already runs: every socket of a cgroup, a systemd unit or a container, until it is gone, Ctrl-C or 'throttle detach'; nothing is moved or killed
+    Attach(AttachArgs),
+    /// Lift an attached run's limits, as Ctrl-C in its terminal does
+    Detach {
+        /// The attached run's name or its throttle's pid
+        #[arg(value_name = "NAME|PID")]
+        target: String,
     },
     /// Print shell completions to stdout
     Completions {
@@ -357,9 +436,9 @@ mod tests {
     fn limits_and_command() {
         let cli = parse(&["--down", "50K", "--up", "1mbit", "--", "wget", "-q", "url"]).unwrap();
         assert!(cli.action.is_none());
-        assert_eq!(cli.run.down, Rate::per_sec(50 * 1024).ok());
-        assert_eq!(cli.run.up, Rate::per_sec(125_000).ok());
-        assert_eq!(cli.run.burst, None);
+        assert_eq!(cli.run.limits.down, Rate::per_sec(50 * 1024).ok());
+        assert_eq!(cli.run.limits.up, Rate::per_sec(125_000).ok());
+        assert_eq!(cli.run.limits.burst, None);
         assert_eq!(cli.run.command, ["wget", "-q", "url"]);
         assert_eq!(cli.run.kill_after, Duration::from_secs(5));
     }
@@ -368,19 +447,19 @@ mod tests {
     fn command_without_double_dash_keeps_its_own_flags() {
         let cli = parse(&["--down", "1M", "curl", "--limit-rate", "5M", "-o", "x"]).unwrap();
         assert_eq!(cli.run.command, ["curl", "--limit-rate", "5M", "-o", "x"]);
-        assert_eq!(cli.run.down, Rate::per_sec(1 << 20).ok());
+        assert_eq!(cli.run.limits.down, Rate::per_sec(1 << 20).ok());
     }
 
     #[test]
     fn both_directions_may_be_omitted() {
         let cli = parse(&["true"]).unwrap();
-        assert_eq!((cli.run.down, cli.run.up), (None, None));
+        assert_eq!((cli.run.limits.down, cli.run.limits.up), (None, None));
     }
 
     #[test]
     fn options_after_the_command_belong_to_the_command() {
         let cli = parse(&["--", "sh", "--down", "1M"]).unwrap();
-        assert_eq!(cli.run.down, None);
+        assert_eq!(cli.run.limits.down, None);
         assert_eq!(cli.run.command, ["sh", "--down", "1M"]);
     }
 
@@ -457,7 +536,11 @@ mod tests {
     #[test]
     fn burst_takes_a_size() {
         assert_eq!(
-            parse(&["--burst", "256K", "true"]).unwrap().run.burst,
+            parse(&["--burst", "256K", "true"])
+                .unwrap()
+                .run
+                .limits
+                .burst,
             Some(256 << 10)
         );
         assert!(parse(&["--burst", "1mbit", "true"]).is_err());
@@ -525,8 +608,8 @@ mod tests {
             "true",
         ])
         .unwrap();
-        assert_eq!(cli.run.exclude.len(), 2);
-        assert_eq!(cli.run.only.len(), 1);
+        assert_eq!(cli.run.limits.exclude.len(), 2);
+        assert_eq!(cli.run.limits.only.len(), 1);
         for bad in ["10.0.0.0/33", "example.org", "", "none"] {
             let err = parse(&["--exclude", bad, "true"]).unwrap_err().to_string();
             assert!(
@@ -571,5 +654,32 @@ mod tests {
             let err = variable_name(bad).unwrap_err();
             assert!(err.starts_with("expected a variable name"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn attach_takes_exactly_one_target() {
+        let cli = parse(&["attach", "--down", "1M", "--unit", "nginx.service"]).unwrap();
+        let Some(Action::Attach(args)) = cli.action else {
+            panic!("not an attach");
+        };
+        assert_eq!(args.target(), Target::Unit("nginx.service"));
+        assert_eq!(args.limits.down, Rate::per_sec(1 << 20).ok());
+        for bad in [
+            &["attach", "--down", "1M"][..],
+            &["attach", "--cgroup", "a", "--container", "b"],
+        ] {
+            let err = parse(bad).unwrap_err();
+            assert!(
+                matches!(
+                    err.kind(),
+                    ErrorKind::MissingRequiredArgument | ErrorKind::ArgumentConflict
+                ),
+                "{bad:?}: {err}"
+            );
+        }
+        assert!(matches!(
+            parse(&["detach", "backup"]).unwrap().action,
+            Some(Action::Detach { target }) if target == "backup"
+        ));
     }
 }

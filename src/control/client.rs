@@ -13,7 +13,7 @@ use std::{
 use serde::de::DeserializeOwned;
 
 use super::{
-    protocol::{self, Changes, Info, Request, SetReply, Stats},
+    protocol::{self, Changes, Detached, Info, Request, SetReply, Stats},
     render::{self, Row},
 };
 use crate::{
@@ -382,6 +382,19 @@ pub fn set(target: Option<&str>, changes: &Changes) -> Outcome<()> {
     Ok(())
 }
 
+/// `throttle detach`: lifts an attached run's limits, and returns once
+/// the run has ended (its socket is gone) or [`REPLY_TIMEOUT`] has passed.
+pub fn detach(target: &str) -> Outcome<()> {
+    let mut run = find(Some(target))?;
+    run.until(Instant::now() + REPLY_TIMEOUT);
+    let Detached {} = run.request(&Request::Detach)?;
+    let deadline = Instant::now() + REPLY_TIMEOUT;
+    while run.socket.exists() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
 pub fn stats(target: Option<&str>, watch: Option<Duration>, as_json: bool) -> Outcome<()> {
     let mut run = find(target)?;
     let interval = watch.unwrap_or(Duration::from_secs(1));
@@ -485,6 +498,7 @@ pub fn list(as_json: bool) -> Outcome<()> {
                     name: info.name,
                     pid: info.pid,
                     command: info.command,
+                    attached: info.attached,
                     limits: info.limits,
                     down_rate: rate.down,
                     up_rate: rate.up,

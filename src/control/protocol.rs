@@ -25,6 +25,8 @@ pub enum Request {
     Info,
     Stats,
     Set(Changes),
+    /// Lift an attached run's limits and end it.
+    Detach,
 }
 
 /// The limits a `set` changes; what it leaves out stays. A list given
@@ -109,6 +111,7 @@ impl Request {
         let request = match wire.command.as_str() {
             "info" => Request::Info,
             "stats" => Request::Stats,
+            "detach" => Request::Detach,
             "set" => {
                 let rate = |value: &Option<Value>, direction: Direction| {
                     value.as_ref().map(|v| rate(v, direction)).transpose()
@@ -131,7 +134,7 @@ impl Request {
             }
             other => {
                 return Err(Refusal::refused(format!(
-                    "unknown command '{other}'; expected info, stats or set"
+                    "unknown command '{other}'; expected info, stats, set or detach"
                 )));
             }
         };
@@ -158,6 +161,7 @@ impl Request {
         let (command, changes) = match self {
             Request::Info => ("info", &none),
             Request::Stats => ("stats", &none),
+            Request::Detach => ("detach", &none),
             Request::Set(changes) => ("set", changes),
         };
         let wire = WireRequest {
@@ -276,7 +280,15 @@ pub struct Info {
     /// `--only`, when the run has such a list.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub only: Vec<String>,
+    /// What an attached run holds (`cgroup PATH`, `unit NAME`, ...); absent
+    /// for a run that started its command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attached: Option<String>,
 }
+
+/// The reply to `detach`: nothing but that it is done.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Detached {}
 
 /// The reply to `stats`.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -616,11 +628,17 @@ mod tests {
         for request in [
             r#"{"version":1,"command":"info"}"#,
             r#"{"version":1,"command":"stats"}"#,
+            r#"{"version":1,"command":"detach"}"#,
         ] {
             assert!(readme.contains(&format!("→ {request}")));
             let parsed = Request::parse(request.as_bytes()).unwrap();
             assert_eq!(parsed.to_line().trim_end(), request);
         }
+        let detached = r#"{"version":1,"ok":true}"#;
+        assert!(readme.contains(&format!("← {detached}")));
+        let Detached {} = read_reply::<Detached>(detached.as_bytes())
+            .unwrap()
+            .unwrap();
         let set = r#"{"version":1,"command":"set","down":"2M","up":"unlimited"}"#;
         assert!(readme.contains(&format!("→ {set}")));
         assert_eq!(

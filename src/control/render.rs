@@ -126,6 +126,9 @@ pub enum Row {
         name: String,
         pid: u32,
         command: Vec<String>,
+        /// What an attached run holds; its command is empty.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        attached: Option<String>,
         limits: PerDirection<LimitView>,
         down_rate: f64,
         up_rate: f64,
@@ -161,6 +164,7 @@ pub fn table(rows: &[Row]) -> String {
                 name,
                 pid,
                 command,
+                attached,
                 limits,
                 down_rate,
                 up_rate,
@@ -178,7 +182,10 @@ pub fn table(rows: &[Row]) -> String {
                     &figures::bytes(counters.down.passed_bytes),
                     &figures::bytes(counters.up.passed_bytes),
                 ],
-                &printable(&command.join(" ")),
+                &printable(&match attached {
+                    Some(target) => format!("(attached) {target}"),
+                    None => command.join(" "),
+                }),
             ),
         };
         out.push('\n');

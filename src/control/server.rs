@@ -15,7 +15,7 @@ use std::{
     },
     sync::{
         Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
         mpsc::{self, Sender},
     },
     thread::{self, JoinHandle},
@@ -33,7 +33,8 @@ use nix::{
 };
 
 use super::protocol::{
-    self, Changes, Info, LimitView, MAX_LINE, Refusal, RefusalKind, Request, SetReply, Stats,
+    self, Changes, Detached, Info, LimitView, MAX_LINE, Refusal, RefusalKind, Request, SetReply,
+    Stats,
 };
 use crate::{
     kernel::{Maps, bpf::Programs},
@@ -59,6 +60,11 @@ pub struct RunState<M = Programs> {
     pub limits: Mutex<Limits>,
     /// None once teardown has taken the programs back.
     pub programs: Mutex<Option<M>>,
+    /// What an attached run holds, as `info` shows it; None for a run that
+    /// started its command.
+    pub attached: Option<String>,
+    /// Set by a `detach` request; the attached run's wait ends on it.
+    pub detach: AtomicBool,
 }
 
 impl<M> RunState<M> {
@@ -274,6 +280,7 @@ fn handle<M: Maps>(line: &[u8], state: &RunState<M>) -> Result<String, Refusal> 
         Request::Info => Ok(protocol::done(&info(state))),
         Request::Stats => stats(state).map(|stats| protocol::done(&stats)),
         Request::Set(changes) => set(state, &changes).map(|reply| protocol::done(&reply)),
+        Request::Detach => detach(state).map(|reply| protocol::done(&reply)),
     }
 }
 
@@ -295,7 +302,21 @@ fn info<M>(state: &RunState<M>) -> Info {
         limits: LimitView::of(&limits),
         exclude: protocol::names(&limits.scope.exclude),
         only: protocol::names(&limits.scope.only),
+        attached: state.attached.clone(),
     }
+}
+
+/// Asks an attached run to lift its limits; a run that started its command
+/// ends with it instead.
+fn detach<M>(state: &RunState<M>) -> Result<Detached, Refusal> {
+    if state.attached.is_none() {
+        return Err(Refusal::refused(format!(
+            "'{}' started its command and ends with it; only an attached run detaches",
+            state.name
+        )));
+    }
+    state.detach.store(true, Ordering::Relaxed);
+    Ok(Detached {})
 }
 
 /// The refusal for a run whose programs teardown has taken back.
@@ -404,6 +425,8 @@ mod tests {
                 scope: Scope::default(),
             }),
             programs: Mutex::new(Some(Recorded::default())),
+            attached: None,
+            detach: AtomicBool::new(false),
         }
     }
 
@@ -437,6 +460,22 @@ mod tests {
         let info: Info = ask(&state, br#"{"version":1,"command":"info"}"#);
         assert_eq!(info.limits, reply.limits);
         assert_eq!(info.command, ["sleep", "1"]);
+    }
+
+    #[test]
+    fn only_an_attached_run_detaches() {
+        let started = state();
+        let refusal = handle(br#"{"version":1,"command":"detach"}"#, &started).unwrap_err();
+        assert!(refusal.error.contains("ends with it"), "{refusal:?}");
+        assert!(!started.detach.load(Ordering::Relaxed));
+        let attached = RunState {
+            attached: Some("unit nginx.service".into()),
+            ..state()
+        };
+        let Detached {} = ask(&attached, br#"{"version":1,"command":"detach"}"#);
+        assert!(attached.detach.load(Ordering::Relaxed));
+        let info: Info = ask(&attached, br#"{"version":1,"command":"info"}"#);
+        assert_eq!(info.attached.as_deref(), Some("unit nginx.service"));
     }
 
     #[test]

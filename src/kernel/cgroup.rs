@@ -73,7 +73,7 @@ pub fn own_cgroup(mount: &Path) -> Result<PathBuf> {
 }
 
 /// The cgroup v2 directory of process `who` (a pid, or `self`).
-fn cgroup_of(mount: &Path, who: &str) -> Result<PathBuf> {
+pub fn cgroup_of(mount: &Path, who: &str) -> Result<PathBuf> {
     let file = format!("/proc/{who}/cgroup");
     let text = fs::read_to_string(&file).with_context(|| format!("reading {file}"))?;
     let relative = text

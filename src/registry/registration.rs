@@ -32,11 +32,16 @@ pub struct Registration {
 }
 
 impl Registration {
-    /// Claims `name` for this process and records its cgroup for the sweep.
-    pub fn claim(dir: &RunDir, name: &str, cgroup: &Path) -> Result<Registration> {
+    /// Claims `name` for this process and records its cgroup for the
+    /// sweep; an attached run records none, so no sweep ever empties or
+    /// removes what it held.
+    pub fn claim(dir: &RunDir, name: &str, cgroup: Option<&Path>) -> Result<Registration> {
         let file = rundir::lock_file(name);
         let shown = dir.path().join(&file);
-        let record = format!("pid {}\ncgroup {}\n", getpid(), cgroup.display());
+        let record = match cgroup {
+            Some(cgroup) => format!("pid {}\ncgroup {}\n", getpid(), cgroup.display()),
+            None => format!("pid {}\n", getpid()),
+        };
         for _ in 0..3 {
             match dir.create_locked(&file, record.as_bytes()) {
                 Ok(lock) => {

@@ -48,7 +48,9 @@ pub struct Guard {
 
 /// What the watchdog removes if the wrapper dies.
 pub struct Cleanup {
-    cgroup: PathBuf,
+    /// The run's own cgroup; None for an attached run, whose target is
+    /// never the watchdog's to touch.
+    cgroup: Option<PathBuf>,
     runtime_dir: RunDir,
     name: String,
 }
@@ -141,7 +143,10 @@ fn watch(pipe: OwnedFd, cleanup: &Cleanup, keep: &[RawFd]) -> ! {
 }
 
 fn clean(cleanup: &Cleanup) {
-    let result = cgroup::remove_tree(&cleanup.cgroup, KILL_WAIT)
+    let result = cleanup
+        .cgroup
+        .as_ref()
+        .map_or(Ok(()), |cgroup| cgroup::remove_tree(cgroup, KILL_WAIT))
         .and_then(|()| rundir::remove_run_files(&cleanup.runtime_dir, &cleanup.name));
     // stderr may be gone with the terminal; if so, the next sweep reports instead.
     if let Err(e) = result {
@@ -172,9 +177,9 @@ fn close_other_fds(pipe: RawFd, keep: &[RawFd]) {
 }
 
 impl Cleanup {
-    pub fn new(cgroup: &Path, runtime_dir: &RunDir, name: &str) -> Result<Cleanup> {
+    pub fn new(cgroup: Option<&Path>, runtime_dir: &RunDir, name: &str) -> Result<Cleanup> {
         Ok(Cleanup {
-            cgroup: cgroup.to_path_buf(),
+            cgroup: cgroup.map(Path::to_path_buf),
             runtime_dir: runtime_dir.try_clone()?,
             name: name.to_string(),
         })

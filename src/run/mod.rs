@@ -2,18 +2,21 @@
 //! then [`Run::start`] (steps 2–6), [`Run::supervise`] (7–8) and
 //! [`Run::finish`] (9).
 
+mod attach;
 mod guard;
 mod plan;
 mod spawn;
 mod supervisor;
+mod target;
 
+pub(crate) use attach::{Attach, attach};
 pub(crate) use plan::{Plan, PlanError};
 
 use std::{
     ffi::OsStr,
-    path::PathBuf,
-    sync::{Arc, Mutex},
-    time::{Instant, SystemTime},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, atomic::AtomicBool},
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{Context as _, Result};
@@ -74,21 +77,35 @@ pub struct Run {
     started: Instant,
 }
 
+/// Steps 2–4, shared by runs and attached runs: sweep what dead runs
+/// left, register `name` (recording `cgroup`, the run's own, if it has
+/// one), and fork the watchdog that cleans up after a kill -9.
+fn register(
+    runtime_dir: &RunDir,
+    mount: &Path,
+    name: &str,
+    cgroup: Option<&Path>,
+) -> Result<(Registration, Guard)> {
+    for warning in sweep::sweep(&rundir::sweepable(), mount).warnings {
+        eprintln!("throttle: warning: cleaning up after earlier runs: {warning}");
+    }
+    check_run_count(runtime_dir)?;
+    let registration = Registration::claim(runtime_dir, name, cgroup)?;
+    let guard = Guard::start(
+        Cleanup::new(cgroup, runtime_dir, name)?,
+        &[registration.lock_fd()],
+    )?;
+    Ok((registration, guard))
+}
+
 impl Run {
     /// Steps 2–6: sweep, register, watchdog, cgroup, programs; and the
     /// control socket. The forwarded signals are held from here until the
     /// command runs (see [`Forwarding`]).
     pub fn start(plan: &Plan) -> Result<(Run, Forwarding)> {
         let runtime_dir = RunDir::for_runs_of(plan.owner)?;
-        for warning in sweep::sweep(&rundir::sweepable(), &plan.mount).warnings {
-            eprintln!("throttle: warning: cleaning up after earlier runs: {warning}");
-        }
-        check_run_count(&runtime_dir)?;
-        let registration = Registration::claim(&runtime_dir, &plan.name, &plan.cgroup)?;
-        let guard = Guard::start(
-            Cleanup::new(&plan.cgroup, &runtime_dir, &plan.name)?,
-            &[registration.lock_fd()],
-        )?;
+        let (registration, guard) =
+            register(&runtime_dir, &plan.mount, &plan.name, Some(&plan.cgroup))?;
         // From here until the command runs, forwarded signals are held and
         // passed on to it, so none kills the wrapper between creating the
         // cgroup and starting the command in it. Before, they act as usual
@@ -107,6 +124,8 @@ impl Run {
             started: SystemTime::now(),
             limits: Mutex::new(plan.limits.clone()),
             programs: Mutex::new(Some(programs)),
+            attached: None,
+            detach: AtomicBool::new(false),
         }));
         let server =
             control::Server::start(&runtime_dir, &plan.name, plan.owner, Arc::clone(&state.0))?;
@@ -177,22 +196,8 @@ impl Run {
             .take_programs()
             .context("the run's programs were already taken")?;
         if let Some(format) = plan.summary {
-            let totals = figures::Totals {
-                limited: programs.counters()?,
-                excluded: if state.0.scoped() || !plan.limits.scope.is_empty() {
-                    Some(programs.excluded()?)
-                } else {
-                    None
-                },
-            };
-            let elapsed = started.elapsed();
-            eprintln!(
-                "{}",
-                match format {
-                    SummaryFormat::Text => figures::summary(&plan.name, &totals, elapsed),
-                    SummaryFormat::Json => figures::summary_json(&plan.name, &totals, elapsed),
-                }
-            );
+            let scoped = state.0.scoped() || !plan.limits.scope.is_empty();
+            print_summary(format, &plan.name, &programs, scoped, started.elapsed())?;
         }
         programs.detach(cgroup.dir())?;
         cgroup.remove()?;
@@ -200,6 +205,33 @@ impl Run {
         drop(registration);
         Ok(())
     }
+}
+
+/// The `--summary` line, on stderr: the run's totals, and those of the
+/// traffic its lists left unlimited if it has (or had) lists.
+fn print_summary(
+    format: SummaryFormat,
+    name: &str,
+    programs: &Programs,
+    scoped: bool,
+    elapsed: Duration,
+) -> Result<()> {
+    let totals = figures::Totals {
+        limited: programs.counters()?,
+        excluded: if scoped {
+            Some(programs.excluded()?)
+        } else {
+            None
+        },
+    };
+    eprintln!(
+        "{}",
+        match format {
+            SummaryFormat::Text => figures::summary(name, &totals, elapsed),
+            SummaryFormat::Json => figures::summary_json(name, &totals, elapsed),
+        }
+    );
+    Ok(())
 }
 
 /// The run's state as the control socket shares it. A client thread may

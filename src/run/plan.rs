@@ -5,7 +5,7 @@
 use std::{ffi::OsString, path::PathBuf};
 
 use nix::unistd::{Gid, Uid};
-use throttle_cli::{RunArgs, SummaryFormat};
+use throttle_cli::{LimitArgs, RunArgs, SummaryFormat};
 use throttle_common::{PerDirection, units::Rate};
 
 use super::supervisor::Leftovers;
@@ -40,6 +40,10 @@ pub enum PlanError {
     /// Arguments clap accepts one by one but that do not go together, or a
     /// `--user` with no such user: exits as any bad argument does.
     Usage(String),
+    /// `throttle attach`: no such target, or it is not running.
+    NoTarget(String),
+    /// `throttle attach`: the caller may not limit the target.
+    Forbidden(String),
     /// This machine cannot run it as asked (kernel, capabilities, cgroups).
     Failed(anyhow::Error),
 }
@@ -61,22 +65,7 @@ impl Plan {
                 })
             })
             .transpose()?;
-        let scope = Scope {
-            exclude: args.exclude,
-            only: args.only,
-        };
-        scope.entries().map_err(PlanError::Usage)?;
-        let limits = Limits {
-            rates: PerDirection {
-                down: args.down.unwrap_or(Rate::Unlimited),
-                up: args.up.unwrap_or(Rate::Unlimited),
-            },
-            burst: args.burst,
-            scope,
-        };
-        limits
-            .check_burst()
-            .map_err(|e| PlanError::Usage(format!("--{e}")))?;
+        let limits = limits(args.limits)?;
         if identity.is_none() && !args.keep_env.is_empty() {
             return Err(PlanError::Usage(format!(
                 "--keep-env {} applies only with --user: without it the command keeps the whole environment",
@@ -115,4 +104,25 @@ impl Plan {
             mount,
         })
     }
+}
+
+/// The limits the options give, checked as a whole.
+pub(super) fn limits(args: LimitArgs) -> Result<Limits, PlanError> {
+    let scope = Scope {
+        exclude: args.exclude,
+        only: args.only,
+    };
+    scope.entries().map_err(PlanError::Usage)?;
+    let limits = Limits {
+        rates: PerDirection {
+            down: args.down.unwrap_or(Rate::Unlimited),
+            up: args.up.unwrap_or(Rate::Unlimited),
+        },
+        burst: args.burst,
+        scope,
+    };
+    limits
+        .check_burst()
+        .map_err(|e| PlanError::Usage(format!("--{e}")))?;
+    Ok(limits)
 }

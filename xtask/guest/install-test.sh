@@ -96,6 +96,25 @@ check "no throttle program is left loaded" sh -c '! bpftool prog show | grep -q 
 check "doctor finds nothing stale" sh -c 'su -l alice -c "throttle doctor" | grep -q "stale runs: none"'
 wait "$held"
 
+echo "--- root: throttle attach --unit, on a service that downloads in a loop"
+systemd-run --quiet --unit=thr-fetch sh -c 'while :; do curl -s -o /dev/null http://127.0.0.1:8000/file; done'
+sleep 1
+throttle attach --down 1M --unit thr-fetch.service --name unitrun &
+attacher=$!
+sleep 3
+unit_cgroup=/sys/fs/cgroup/system.slice/thr-fetch.service
+check "attach --unit puts the programs on the unit's cgroup" sh -c "bpftool cgroup show $unit_cgroup | grep -q throttle_down"
+check "list shows the attached unit" sh -c 'throttle list | grep -q "(attached) unit thr-fetch.service"'
+rate=$(throttle stats unitrun --json | python3 -c 'import json, sys; print(json.load(sys.stdin)["down_rate"])')
+echo "the unit's download rate under --down 1M: $rate B/s"
+check "the unit's downloads hold 0.80-1.25 of the limit" within 838861 1310720 "$rate"
+throttle detach unitrun
+wait $attacher
+check "detach ends the attach with status 0" test "$?" = 0
+check "the unit still runs" systemctl is-active --quiet thr-fetch.service
+check "no program is left on the unit" sh -c "! bpftool cgroup show $unit_cgroup | grep -q throttle_"
+systemctl stop thr-fetch.service
+
 kill "$server" 2>/dev/null
 echo "--- removing the package"
 check "the package removes" dpkg -r throttle

@@ -123,6 +123,9 @@ struct BenchArgs {
     /// Only the overhead: veth throughput with the programs attached and no limit beside none, and the start-up of `--down 1M -- true`; writes overhead.md (about 5 minutes)
     #[arg(long, conflicts_with_all = ["rtt", "quick", "filter", "throttle_only", "picture", "costs", "scale"])]
     overhead: bool,
+    /// Only a running download held by `throttle attach` at 1 and 16 MiB/s, beside the same started under throttle; writes attach.md (about a minute)
+    #[arg(long, conflicts_with_all = ["rtt", "quick", "filter", "throttle_only", "picture", "costs", "scale", "overhead"])]
+    attach: bool,
     /// An older throttle binary whose programs' costs are measured beside this one's, alternating
     #[arg(long, value_name = "PATH")]
     before: Option<PathBuf>,
@@ -210,6 +213,7 @@ fn bench(root: &Path, args: BenchArgs) -> Result<()> {
             costs: args.costs,
             scale: args.scale,
             overhead: args.overhead,
+            attach: args.attach,
             before: args.before,
             throttle,
             out,

@@ -86,6 +86,11 @@ impl Lab {
         self.http.url.clone()
     }
 
+    /// Bytes the lab HTTP server's TCP has seen acknowledged, in all.
+    pub(super) fn delivered(&self) -> u64 {
+        self.http.delivered()
+    }
+
     pub fn ping(&self) -> Result<f64, String> {
         ping(&self.netns.peer.to_string()).map_err(|e| format!("{e:#}"))
     }

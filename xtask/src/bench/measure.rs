@@ -574,7 +574,7 @@ fn children_cpu() -> f64 {
 }
 
 /// Bytes throttle's programs dropped, from its `--summary=json` line.
-fn throttle_drops(stderr: &[u8]) -> u64 {
+pub(super) fn throttle_drops(stderr: &[u8]) -> u64 {
     String::from_utf8_lossy(stderr)
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())

@@ -8,6 +8,7 @@
 //! connections, 500 runs), `startup` (start-up by step), `rtt` (real round
 //! trips, in the kernel lab).
 
+mod attach;
 mod costs;
 mod lab;
 mod measure;
@@ -48,6 +49,8 @@ pub struct Options {
     pub scale: bool,
     /// Only the overhead of programs attached without a limit.
     pub overhead: bool,
+    /// Only a running download held by `throttle attach`, beside a run.
+    pub attach: bool,
     /// An older binary whose programs' costs are measured beside these.
     pub before: Option<PathBuf>,
     pub throttle: PathBuf,
@@ -128,6 +131,8 @@ fn section_alone(bench: &Bench, options: &Options) -> Result<Option<(String, &'s
         (bench.overhead()?.markdown(), "overhead.md")
     } else if options.costs {
         (measured_apart(bench, options)?, "costs.md")
+    } else if options.attach {
+        (attach::section(bench)?, "attach.md")
     } else {
         return Ok(None);
     };
@@ -180,7 +185,8 @@ fn whole_report(root: &Path, bench: &Bench, options: &Options) -> Result<String>
         &veth_ping,
     );
     if !partial(options) && !options.quick {
-        text = format!("{text}\n{}", measured_apart(bench, options)?);
+        let attached = attach::section(bench)?;
+        text = format!("{text}\n{}\n{attached}", measured_apart(bench, options)?);
     }
     let path = options.out.join("report.md");
     write(&path, &text)?;
