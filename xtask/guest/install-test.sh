@@ -115,6 +115,30 @@ check "the unit still runs" systemctl is-active --quiet thr-fetch.service
 check "no program is left on the unit" sh -c "! bpftool cgroup show $unit_cgroup | grep -q throttle_"
 systemctl stop thr-fetch.service
 
+echo "--- root: throttle attach --container, on a podman container that downloads in a loop"
+mkdir -p /srv/ctr/bin
+cp /bin/busybox /srv/ctr/bin/
+for tool in sh wget; do ln -sf busybox "/srv/ctr/bin/$tool"; done
+podman run -d --name thr-ctr --network host --rootfs /srv/ctr /bin/sh -c \
+    'while :; do wget -q -O /dev/null http://127.0.0.1:8000/file; done' >/dev/null
+sleep 2
+throttle attach --down 1M --container thr-ctr --name ctrrun &
+attacher=$!
+sleep 3
+ctr_cgroup=/sys/fs/cgroup$(sed -n 's/^0:://p' "/proc/$(podman inspect --format '{{.State.Pid}}' thr-ctr)/cgroup")
+echo "the container's cgroup: $ctr_cgroup"
+check "attach --container puts the programs on the container's cgroup" sh -c "bpftool cgroup show $ctr_cgroup | grep -q throttle_down"
+check "list shows the attached container" sh -c 'throttle list | grep -q "(attached) container thr-ctr"'
+rate=$(throttle stats ctrrun --json | python3 -c 'import json, sys; print(json.load(sys.stdin)["down_rate"])')
+echo "the container's download rate under --down 1M: $rate B/s"
+check "the container's downloads hold 0.80-1.25 of the limit" within 838861 1310720 "$rate"
+throttle detach ctrrun
+wait $attacher
+check "detach ends the container's attach with status 0" test "$?" = 0
+check "the container still runs" sh -c "podman inspect --format '{{.State.Running}}' thr-ctr | grep -q true"
+check "no program is left on the container" sh -c "! bpftool cgroup show $ctr_cgroup | grep -q throttle_"
+podman rm -f -t 0 thr-ctr >/dev/null
+
 kill "$server" 2>/dev/null
 echo "--- removing the package"
 check "the package removes" dpkg -r throttle

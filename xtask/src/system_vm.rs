@@ -27,9 +27,11 @@ const LIMIT: Duration = Duration::from_secs(900);
 /// What the image holds beyond a minimal Debian: systemd as init with
 /// logind sessions (libpam-systemd) and user managers on a user bus, the
 /// kernel with its initramfs, and the tools the script uses (bpftool to
-/// prove no program is left loaded).
+/// prove no program is left loaded; podman and a static busybox for a
+/// container to attach to, run from a directory since no registry is
+/// reachable).
 const PACKAGES: &str = "systemd-sysv,libpam-systemd,dbus,dbus-user-session,linux-image-amd64,\
-initramfs-tools,udev,kmod,iproute2,procps,curl,python3,libcap2-bin,bpftool";
+initramfs-tools,udev,kmod,iproute2,procps,curl,python3,libcap2-bin,bpftool,podman,busybox-static";
 
 /// Mounts the shared directory, runs its script, records the exit status
 /// and powers the guest off.
