@@ -52,6 +52,17 @@ Examples:
   throttle --down 20mbit -- cargo build
   throttle --up 1M --name backup -- rsync -a ~/photos host:photos";
 
+const ATTACH_AFTER_HELP: &str = "\
+Exit status: 0 when the target ended or 'throttle detach' lifted the limit;
+128+N after signal N; 9 if there is no such target or it is not running; 10
+if you may not limit it (the root cgroup, another user's); 125 if throttle
+failed; 2 for invalid arguments.
+
+Examples:
+  throttle attach --down 2M --unit nginx.service
+  throttle attach --up 512K --container backup
+  throttle attach --down 1M --cgroup /sys/fs/cgroup/system.slice/cron.service";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "throttle",
@@ -257,6 +268,7 @@ pub enum Action {
         json: bool,
     },
     /// Limit what already runs: every socket of a cgroup, a systemd unit or a container, until it is gone, Ctrl-C or 'throttle detach'; nothing is moved or killed
+    #[command(after_help = ATTACH_AFTER_HELP)]
     Attach(AttachArgs),
     /// Lift an attached run's limits, as Ctrl-C in its terminal does
     Detach {
