@@ -96,6 +96,21 @@ check "no throttle program is left loaded" sh -c '! bpftool prog show | grep -q 
 check "doctor finds nothing stale" sh -c 'su -l alice -c "throttle doctor" | grep -q "stale runs: none"'
 wait "$held"
 
+echo "--- alice: throttle attach --user-unit, on a unit of her own user manager"
+loginctl enable-linger alice
+as alice 'systemd-run --user --quiet --unit=thr-mine sleep 300'
+mine_cgroup=/sys/fs/cgroup/user.slice/user-1000.slice/user@1000.service/app.slice/thr-mine.service
+mine=$(as alice 'throttle attach --down 1M --user-unit thr-mine.service --name mine & sleep 2; throttle list; throttle detach mine; wait $!; echo "status $?"' 2>&1)
+echo "$mine"
+check "alice attaches to a unit of her own manager" sh -c "echo '$mine' | grep -q '(attached) user unit thr-mine.service'"
+check "her attach detaches with status 0" sh -c "echo '$mine' | grep -q 'status 0'"
+as bob "throttle attach --down 1M --cgroup $mine_cgroup" 2>/dev/null
+check "bob may not attach to alice's unit (status 10)" test "$?" = 10
+check "alice's unit still runs" as alice 'systemctl --user is-active --quiet thr-mine.service'
+check "no program is left on alice's unit" sh -c "! bpftool cgroup show $mine_cgroup | grep -q throttle_"
+as alice 'systemctl --user stop thr-mine.service'
+loginctl disable-linger alice
+
 echo "--- root: throttle attach --unit, on a service that downloads in a loop"
 systemd-run --quiet --unit=thr-fetch sh -c 'while :; do curl -s -o /dev/null http://127.0.0.1:8000/file; done'
 sleep 1
