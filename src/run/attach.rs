@@ -21,7 +21,7 @@ use anyhow::Result;
 use nix::unistd::Uid;
 use throttle_cli::{AttachArgs, SummaryFormat, Target};
 
-use super::{PlanError, Served, plan, print_summary, register, target};
+use super::{PlanError, Served, plan, register, target};
 use crate::{
     control::{self, RunState},
     exit,
@@ -126,13 +126,7 @@ pub fn attach(plan: &Attach) -> Result<i32> {
     );
     let end = wait(&plan.cgroup, &state.0, &signal);
     drop(server);
-    let programs = state
-        .take_programs()
-        .ok_or_else(|| anyhow::anyhow!("the run's programs were already taken"))?;
-    if let Some(format) = plan.summary {
-        let scoped = state.0.scoped() || !plan.limits.scope.is_empty();
-        print_summary(format, &plan.name, &programs, scoped, started.elapsed())?;
-    }
+    let programs = state.close(&plan.name, plan.summary, &plan.limits, started)?;
     match end {
         // A removed cgroup takes its programs with it; the links close
         // with the programs here, and there is no cgroup left to ask.

@@ -28,6 +28,7 @@ use crate::{
     control::{self, RunState},
     figures,
     kernel::{Maps as _, bpf::Programs, cgroup::RunCgroup},
+    limits::Limits,
     privilege::capabilities,
     registry::{
         registration::Registration,
@@ -192,13 +193,7 @@ impl Run {
             ..
         } = self;
         drop(server);
-        let programs = state
-            .take_programs()
-            .context("the run's programs were already taken")?;
-        if let Some(format) = plan.summary {
-            let scoped = state.0.scoped() || !plan.limits.scope.is_empty();
-            print_summary(format, &plan.name, &programs, scoped, started.elapsed())?;
-        }
+        let programs = state.close(&plan.name, plan.summary, &plan.limits, started)?;
         programs.detach(cgroup.dir())?;
         cgroup.remove()?;
         guard.dismiss();
@@ -241,6 +236,27 @@ fn print_summary(
 struct Served(Arc<RunState>);
 
 impl Served {
+    /// Takes the programs back once the socket has stopped serving, and
+    /// prints the `--summary` line if one was asked for (with the totals
+    /// its lists left unlimited if the run has or had lists: `limits` are
+    /// those it started with).
+    fn close(
+        &self,
+        name: &str,
+        summary: Option<SummaryFormat>,
+        limits: &Limits,
+        started: Instant,
+    ) -> Result<Programs> {
+        let programs = self
+            .take_programs()
+            .context("the run's programs were already taken")?;
+        if let Some(format) = summary {
+            let scoped = self.0.scoped() || !limits.scope.is_empty();
+            print_summary(format, name, &programs, scoped, started.elapsed())?;
+        }
+        Ok(programs)
+    }
+
     fn take_programs(&self) -> Option<Programs> {
         self.0
             .programs
